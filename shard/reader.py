@@ -1,0 +1,123 @@
+"""Read a finished shard split: the manifest, the shard files, and samples.tsv.
+
+This is the one module the next stage imports from shard/:
+
+    from shard.reader import open_split
+    split = open_split("out/shards", "val")      # error unless the split is complete
+    split.tar_paths(), split.idx_paths()          # for fn.readers.webdataset
+    split.labels(), split.paths()                 # [N] int32, N relative paths
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shard import FORMAT
+
+MANIFEST = "manifest.json"
+SAMPLES = "samples.tsv"
+SAMPLES_HEADER = ("index", "label", "path")
+
+
+class ShardFormatError(ValueError):
+    """A shard split is missing, incomplete, or not in the format this version reads."""
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One tar of a split, as listed in its manifest."""
+
+    tar: str
+    idx: str
+    num_samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Split:
+    """A complete split: where it lives and what its manifest says."""
+
+    dir: Path
+    name: str
+    classes: list[str]
+    num_samples: int
+    samples_per_shard: int
+    key_digits: int
+    shards: list[ShardEntry]
+    skipped: list[dict] = field(default_factory=list)
+    repaired: list[dict] = field(default_factory=list)
+    manifest_sha256: str = ""
+
+    def tar_paths(self) -> list[Path]:
+        """Absolute paths of the tars, in shard order."""
+        return [self.dir / s.tar for s in self.shards]
+
+    def idx_paths(self) -> list[Path]:
+        """Absolute paths of the DALI indexes, in shard order."""
+        return [self.dir / s.idx for s in self.shards]
+
+    def shard_range(self, i: int) -> range:
+        """Sample indices held by shard `i`."""
+        start = i * self.samples_per_shard
+        return range(start, start + self.shards[i].num_samples)
+
+    def key(self, index: int) -> str:
+        """The WebDataset key of sample `index`."""
+        return f"{index:0{self.key_digits}d}"
+
+    def labels(self) -> np.ndarray:
+        """Class index of every sample, `[N]` int32, from samples.tsv."""
+        return np.array([int(row[1]) for row in _read_tsv(self.dir)], dtype=np.int32)
+
+    def paths(self) -> list[str]:
+        """Source path (relative to the split folder) of every sample, from samples.tsv."""
+        return [row[2] for row in _read_tsv(self.dir)]
+
+
+def _read_tsv(split_dir: Path) -> list[list[str]]:
+    path = split_dir / SAMPLES
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if not rows or tuple(rows[0]) != SAMPLES_HEADER:
+        raise ShardFormatError(f"{path}: expected the header line index<TAB>label<TAB>path")
+    for i, row in enumerate(rows[1:]):
+        if len(row) != 3 or row[0] != str(i):
+            raise ShardFormatError(f"{path}: line {i + 2} is not '{i}<TAB>label<TAB>path'")
+    return rows[1:]
+
+
+def open_split(root: Path | str, name: str) -> Split:
+    """The complete split `root/name`; a clear error if it is missing or unfinished."""
+    split_dir = Path(root) / name
+    path = split_dir / MANIFEST
+    if not path.is_file():
+        hint = "it is unfinished: rerun python -m shard" if split_dir.is_dir() else "no such split"
+        raise ShardFormatError(f"{path}: not found ({hint})")
+    raw = path.read_bytes()
+    m = json.loads(raw)
+    if m.get("format") != FORMAT:
+        raise ShardFormatError(f"{path}: format {m.get('format')!r}, this version reads {FORMAT!r}")
+    return Split(
+        dir=split_dir.resolve(),
+        name=m["split"],
+        classes=m["classes"],
+        num_samples=m["num_samples"],
+        samples_per_shard=m["samples_per_shard"],
+        key_digits=m["key_digits"],
+        shards=[ShardEntry(**s) for s in m["shards"]],
+        skipped=m["skipped"],
+        repaired=m["repaired"],
+        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def list_splits(root: Path | str) -> list[str]:
+    """Names of the complete splits under `root` (folders holding a manifest)."""
+    return sorted(p.parent.name for p in Path(root).glob(f"*/{MANIFEST}"))

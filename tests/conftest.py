@@ -1,0 +1,117 @@
+"""Shared fixtures: tiny image folders written to tmp_path, one file per kind of input."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+try:
+    import torch
+
+    HAS_CUDA = torch.cuda.is_available()
+except ImportError:  # pragma: no cover
+    HAS_CUDA = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` skip, with the reason, on a machine without CUDA."""
+    if HAS_CUDA:
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (no GPU on this machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def pixels(w: int, h: int, seed: int, mode: str = "RGB") -> np.ndarray:
+    """A smooth random image (JPEG-friendly), [h, w, C] uint8."""
+    rng = np.random.default_rng(seed)
+    c = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    coarse = rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, c), dtype=np.uint8)
+    img = np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))[:h, :w]
+    return img[..., 0] if mode == "L" else img
+
+
+def jpeg_bytes(w: int = 64, h: int = 48, seed: int = 0, mode: str = "RGB", **save) -> bytes:
+    """JPEG bytes of a `pixels` image; `save` goes to PIL (quality, exif, ...)."""
+    out = io.BytesIO()
+    Image.fromarray(pixels(w, h, seed, mode)).save(out, format="JPEG", quality=90, **save)
+    return out.getvalue()
+
+
+def image_bytes(fmt: str, seed: int = 0, w: int = 64, h: int = 48) -> bytes:
+    """Bytes of a non-JPEG or unusual image: png-rgba, png-palette, png16, webp, bmp, tiff,
+    gif, cmyk-jpeg."""
+    out = io.BytesIO()
+    rgb = Image.fromarray(pixels(w, h, seed))
+    if fmt == "png-rgba":
+        Image.fromarray(pixels(w, h, seed, "RGBA")).save(out, format="PNG")
+    elif fmt == "png-palette":
+        pal = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+        pal.info["transparency"] = 0
+        pal.save(out, format="PNG", transparency=0)
+    elif fmt == "png16":
+        arr = (pixels(w, h, seed, "L").astype(np.uint16) * 257)
+        Image.fromarray(arr).save(out, format="PNG")
+    elif fmt == "cmyk-jpeg":
+        rgb.convert("CMYK").save(out, format="JPEG", quality=90)
+    else:
+        rgb.save(out, format={"webp": "WEBP", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF"}[fmt])
+    return out.getvalue()
+
+
+def write(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def make_folder(root: Path, classes: list[str], per_class: int, w: int = 64, h: int = 48,
+                seed: int = 0) -> Path:
+    """root/<class>/<i>.JPEG, valid RGB JPEGs only."""
+    for c, name in enumerate(classes):
+        for i in range(per_class):
+            write(root / name / f"img_{i:03d}.JPEG", jpeg_bytes(w, h, seed + 1000 * c + i))
+    return root
+
+
+def make_zoo(split_dir: Path) -> dict[str, str]:
+    """A split with one file of every kind the shard table names; returns name -> expected fate."""
+    fates = {}
+
+    def put(rel: str, data: bytes, fate: str) -> None:
+        write(split_dir / rel, data)
+        fates[rel] = fate
+
+    put("cat/plain rgb.JPEG", jpeg_bytes(seed=1), "keep")
+    put("cat/gray.jpg", jpeg_bytes(seed=2, mode="L"), "keep")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90
+    put("cat/rotated.exif.jpeg", jpeg_bytes(seed=3, exif=exif.tobytes()), "keep")
+    put("cat/ünïcödé näme.JPEG", jpeg_bytes(seed=4), "keep")
+    put("cat/nested/deeper.JPEG", jpeg_bytes(seed=5), "keep")
+    put("cat/rgba.png", image_bytes("png-rgba", 6), "repair")
+    put("cat/palette.png", image_bytes("png-palette", 7), "repair")
+    put("cat/sixteen.png", image_bytes("png16", 8), "repair")
+    put("dog/a.webp", image_bytes("webp", 9), "repair")
+    put("dog/b.bmp", image_bytes("bmp", 10), "repair")
+    put("dog/c.tif", image_bytes("tiff", 11), "repair")
+    put("dog/gif inside.JPEG", image_bytes("gif", 12), "repair")
+    put("dog/png inside.JPEG", image_bytes("png-rgba", 13), "repair")
+    put("dog/cmyk.JPEG", image_bytes("cmyk-jpeg", 14), "repair")
+    put("dog/truncated.JPEG", jpeg_bytes(seed=15)[:400], "skip")
+    put("dog/empty.JPEG", b"", "skip")
+    put("dog/text.jpg", b"this is not an image\n" * 10, "skip")
+    put("dog/plain.JPEG", jpeg_bytes(seed=16), "keep")
+    os.symlink(split_dir / "nowhere.JPEG", split_dir / "dog" / "dangling.JPEG")
+    fates["dog/dangling.JPEG"] = "skip"
+    for ignored in ("cat/.DS_Store", "cat/._plain rgb.JPEG", "dog/notes.txt", "dog/image.gif"):
+        write(split_dir / ignored, jpeg_bytes(seed=17))
+    write(split_dir / ".ipynb_checkpoints" / "x.JPEG", jpeg_bytes(seed=18))
+    write(split_dir / "dog" / ".hidden_dir" / "y.JPEG", jpeg_bytes(seed=19))
+    return fates
