@@ -115,3 +115,50 @@ def make_zoo(split_dir: Path) -> dict[str, str]:
     write(split_dir / ".ipynb_checkpoints" / "x.JPEG", jpeg_bytes(seed=18))
     write(split_dir / "dog" / ".hidden_dir" / "y.JPEG", jpeg_bytes(seed=19))
     return fates
+
+
+# -- embed fixtures: shards of varied images and a random ViT-S/16 in the official layout ----
+
+EMBED_SIZES = [(500, 375), (375, 500), (300, 300), (333, 257), (257, 333), (640, 480), (97, 131)]
+
+
+@pytest.fixture(scope="session")
+def embed_shards(tmp_path_factory) -> Path:
+    """OUT of python -m shard: split `val`, 3 classes x 5 images of varied sizes (+1 grey,
+    +1 EXIF-rotated), 4 samples per shard, so the last shard is partial."""
+    from PIL import ImageFilter
+
+    from shard.__main__ import main as shard_main
+
+    root = tmp_path_factory.mktemp("embed_src")
+    rng = np.random.default_rng(7)
+    for c in range(3):
+        for i in range(5):
+            w, h = EMBED_SIZES[(c * 5 + i) % len(EMBED_SIZES)]
+            low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+            img = low.resize((w, h), Image.Resampling.BICUBIC).filter(ImageFilter.DETAIL)
+            write(root / "val" / f"class{c}" / f"{i}.JPEG", _jpeg(img))
+    write(root / "val" / "class1" / "grey.JPEG", jpeg_bytes(200, 150, seed=3, mode="L"))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write(root / "val" / "class2" / "rotated.JPEG", jpeg_bytes(260, 180, seed=4, exif=exif.tobytes()))
+    out = tmp_path_factory.mktemp("embed_shards")
+    assert shard_main([str(root), str(out), "--splits", "val", "--samples-per-shard", "4",
+                       "--workers", "1"]) == 0
+    return out
+
+
+def _jpeg(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def vits_checkpoint(tmp_path_factory) -> Path:
+    """weights/vits16_800ep.pth.tar: random, in the exact official MSN layout."""
+    from embed.checkpoint import save_random_checkpoint
+    from embed.encoders import get_spec
+
+    folder = tmp_path_factory.mktemp("weights")
+    return save_random_checkpoint(folder / "vits16_800ep.pth.tar", get_spec("vits16_800ep"), seed=1)

@@ -1,0 +1,95 @@
+"""python -m embed SHARDS --split S --encoder NAME --weights PATH --out STORE.zarr
+
+    # one process: a GPU if there is one (bf16, torch.compile, auto batch), else all CPU cores
+    python -m embed out/shards --split val --encoder vitl7_200ep --weights weights/ \
+        --out out/embeddings.zarr
+    # several encoders, images decoded once; --weights is then a folder of <name>.pth.tar
+    python -m embed out/shards --split val --encoder vits16_800ep,vitb16_600ep --weights weights/ \
+        --out out/embeddings.zarr
+    # many GPUs, one node or several (shared file system)
+    torchrun --nproc-per-node 8 -m embed out/shards --split train --encoder vitl7_200ep \
+        --weights weights/ --out out/embeddings.zarr
+
+A killed run, started again with the same command, embeds only the shards not yet written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from embed.checkpoint import CheckpointError
+from embed.encoders import ENCODERS, KINDS, get_spec
+from embed.run import Config, run
+from embed.store import DTYPES, StoreError
+from shard.reader import ShardFormatError
+
+log = logging.getLogger("embed")
+
+
+def _batch(text: str) -> int | None:
+    if text == "auto":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text}: a whole number >= 1, or auto")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    """The command line of `python -m embed`, as a Config."""
+    p = argparse.ArgumentParser(prog="python -m embed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("shards", type=Path, help="the OUT folder of python -m shard")
+    p.add_argument("--split", required=True, help="split to embed (a folder of SHARDS)")
+    p.add_argument("--encoder", required=True,
+                   help=f"one or more (comma-separated) of: {', '.join(ENCODERS)}")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint file, folder of <name>.pth.tar, or 'random' (demos/tests only)")
+    p.add_argument("--out", type=Path, required=True, help="Zarr store (created if absent)")
+    p.add_argument("--kind", choices=KINDS, default="cls_prenorm",
+                   help="cls_prenorm (default, the reference), cls (after the final norm), mean")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
+                   help="auto: bf16 on CUDA, fp32 on the CPU")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the model (default: on CUDA only)")
+    p.add_argument("--batch-size", type=_batch, default=None,
+                   help="images per batch, or auto (default: largest that fits on CUDA, 64 on CPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--check-drift", type=int, default=0, metavar="K",
+                   help="also embed the first K images in fp32 eager; record min/mean cosine")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    a = p.parse_args(argv)
+    names = tuple(n.strip() for n in a.encoder.split(",") if n.strip())
+    try:
+        [get_spec(n) for n in names]
+    except KeyError as e:
+        p.error(e.args[0])
+    extra = {"threads": a.threads} if a.threads else {}
+    return Config(a.shards, a.split, names, a.weights, a.out, a.kind, a.precision, a.compile,
+                  a.batch_size, a.device, a.check_drift, a.dtype, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the embed stage; return the exit status."""
+    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("embed").setLevel(logging.INFO)
+    cfg = parse_args(argv)
+    log.info("config: %s", cfg)
+    try:
+        s = run(cfg)
+    except (ShardFormatError, StoreError, CheckpointError, RuntimeError) as e:
+        log.error("%s", e)
+        return 1
+    busy = s["wait_s"] + s["compute_s"]
+    rate = s["images"] / busy if busy else 0.0
+    log.info("rank %d: %d images in %.1f s (%.1f img/s; waiting for data %.0f%%, computing %.0f%%)%s",
+             s["rank"], s["images"], busy, rate, 100 * s["wait_s"] / (busy or 1),
+             100 * s["compute_s"] / (busy or 1), "; store complete" if s["complete"] else "")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""DALI pipelines that read shards and produce model-ready batches with their sample indices.
+
+The transform is the reference path's (torchvision `Resize(256)` bilinear antialiased on
+PIL, `CenterCrop(224)`, ImageNet mean/std), reproduced exactly where DALI allows:
+the resized size is computed as torchvision does (`int(256 * long / short)`), the crop
+anchor with Python's round-half-even, and EXIF orientation is not applied (PIL ignores it).
+Decoding is `mixed` (nvJPEG) on a GPU, `cpu` otherwise. On a CPU pipeline, pixels agree
+with PIL/torchvision to within one grey level.
+
+Each sample's index comes from its WebDataset key (`source_info` ends in `:<key>.jpg`),
+so rows are written by index, never by arrival order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embed.encoders import Preprocess
+
+
+@dataclass(frozen=True)
+class Batch:
+    """images [B, 3, H, W] float32 (on the model's device) and their sample indices [B]."""
+
+    images: torch.Tensor
+    indices: np.ndarray
+
+
+def _round_half_even_of_half(d):
+    """Python's round(d / 2) for integer DALI nodes d >= 0 (torchvision's crop anchor)."""
+    q = d // 2
+    return q + (d - 2 * q) * (q - 2 * (q // 2))
+
+
+def _resize_crop_normalize(jpg, images, pre: Preprocess):
+    """Resize the shorter side to pre.resize as torchvision does, center crop, normalize."""
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    shape = fn.peek_image_shape(jpg, dtype=types.INT64, adjust_orientation=False)  # [H, W, C]
+    h, w = shape[0], shape[1]
+    new_long = (pre.resize * dmath.max(h, w)) // dmath.min(h, w)
+    wide = fn.cast(w > h, dtype=types.INT64)
+    nh = wide * pre.resize + (1 - wide) * new_long
+    nw = wide * new_long + (1 - wide) * pre.resize
+    images = fn.resize(images, resize_x=fn.cast(nw, dtype=types.FLOAT),
+                       resize_y=fn.cast(nh, dtype=types.FLOAT),
+                       interp_type=types.INTERP_LINEAR, antialias=True)
+    anchor = fn.cast(fn.stack(_round_half_even_of_half(nh - pre.crop),
+                              _round_half_even_of_half(nw - pre.crop)), dtype=types.INT32)
+    images = fn.slice(images, anchor, np.array([pre.crop, pre.crop], dtype=np.int32), axes=[0, 1])
+    return fn.crop_mirror_normalize(
+        images, mean=[255 * m for m in pre.mean], std=[255 * s for s in pre.std],
+        dtype=types.FLOAT, output_layout="CHW")
+
+
+def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_size: int,
+                   device_id: int | None, threads: int):
+    """A DALI pipeline over `tars` yielding (images, source_info) batches, last batch padded."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
+                  prefetch_queue_depth=2, exec_dynamic=True)
+    def pipe():
+        jpg = fn.readers.webdataset(
+            paths=[str(p) for p in tars], index_paths=[str(p) for p in idxs], ext=["jpg"],
+            missing_component_behavior="error", pad_last_batch=True, name="reader")
+        info = fn.get_property(jpg, key="source_info")
+        images = fn.decoders.image(jpg, device="cpu" if device_id is None else "mixed",
+                                   output_type=types.RGB, adjust_orientation=False)
+        return _resize_crop_normalize(jpg, images, pre), info
+
+    p = pipe()
+    p.build()
+    return p
+
+
+def key_of(source_info: np.ndarray) -> int:
+    """The sample index in a DALI source_info string `<tar>:<offset>:<key>.jpg`."""
+    name = bytes(source_info).decode().rsplit(":", 1)[1]
+    return int(name.split(".", 1)[0])
+
+
+def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
+    """A dense DALI TensorList (CPU or GPU) as one torch tensor [B, ...] on `device`."""
+    if hasattr(tensor_list, "as_cpu") and device.type == "cuda":
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        dense = tensor_list.as_tensor()
+        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
+        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
+        return out
+    return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
+
+
+def batches(tars: list[Path], idxs: list[Path], num_samples: int, pre: Preprocess,
+            batch_size: int, device: torch.device, threads: int) -> Iterator[Batch]:
+    """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
+    if num_samples == 0:
+        return
+    device_id = (device.index or 0) if device.type == "cuda" else None
+    pipe = build_pipeline(tars, idxs, pre, batch_size, device_id, threads)
+    seen = 0
+    while seen < num_samples:
+        images, info = pipe.run()
+        indices = np.array([key_of(np.asarray(t)) for t in info], dtype=np.int64)
+        real = min(batch_size, num_samples - seen)
+        indices[real:] = -1  # DALI repeats the last sample to fill the batch
+        seen += real
+        yield Batch(_to_torch(images, device), indices)

@@ -1,0 +1,147 @@
+"""python -m embed end to end: agreement with the reference path, resume, torchrun, refusals."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embed.__main__ import main
+from embed.store import open_embeddings
+from shard.reader import open_split
+from tests.reference import load_image, reference_vit
+
+ROOT = Path(__file__).parents[1]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return (a * b).sum(1)
+
+
+@pytest.fixture(scope="module")
+def reference_rows(embed_shards, vits_checkpoint):
+    """[N, 384] from the reference path over the original files, in samples.tsv order."""
+    split = open_split(embed_shards, "val")
+    src = Path(split.dir).parent.parent
+    files = [p for p in src.rglob("*.JPEG")]
+    by_rel = {f"{p.parent.name}/{p.name}": p for p in files}
+    x = torch.stack([load_image(by_rel[rel]) for rel in split.paths()])
+    with torch.no_grad():
+        return reference_vit(vits_checkpoint).forward_blocks(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def store(embed_shards, vits_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("store") / "e.zarr"
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep",
+                 "--weights", str(vits_checkpoint), "--out", str(out), "--batch-size", "5"]) == 0
+    return out
+
+
+def test_rows_match_the_reference_path(store, reference_rows, embed_shards):
+    e = open_embeddings(store, "vits16_800ep", "val")
+    rows = np.asarray(e.embeddings[:])
+    assert rows.shape == reference_rows.shape == (17, 384)
+    cos = cosines(rows, reference_rows)
+    assert cos.min() >= 0.99, cos
+    off_diagonal = cosines(reference_rows, np.roll(reference_rows, 1, axis=0))
+    assert off_diagonal.max() < 0.97  # different images differ: the 0.99 bar means something
+    assert e.labels.tolist() == open_split(embed_shards, "val").labels().tolist()
+    assert e.paths == open_split(embed_shards, "val").paths()
+
+
+def test_store_attributes(store, vits_checkpoint):
+    a = open_embeddings(store, "vits16_800ep", "val").attrs
+    assert a["complete"] is True and a["completed_shards"] == 5 and a["num_shards"] == 5
+    assert (a["architecture"], a["kind"], a["precision"], a["batch_size"]) == (
+        "deit_small", "cls_prenorm", "fp32", 5)
+    from embed.checkpoint import sha256_file
+    assert a["weights_sha256"] == sha256_file(vits_checkpoint) and a["random_weights"] is False
+    assert a["preprocessing"]["resize"] == 256 and a["versions"]["torch"] == torch.__version__
+
+
+def test_padding_never_leaks(embed_shards, vits_checkpoint, store, tmp_path):
+    # 17 samples, batch 7: the last batch has 4 padded copies of sample 16
+    out = tmp_path / "p.zarr"
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights",
+                 str(vits_checkpoint), "--out", str(out), "--batch-size", "7"]) == 0
+    a = np.asarray(open_embeddings(out, "vits16_800ep", "val").embeddings[:])
+    b = np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:])
+    assert np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_other_weights_into_the_same_store_are_refused(store, tmp_path, caplog):
+    from embed.checkpoint import save_random_checkpoint
+    from embed.encoders import get_spec
+    other = save_random_checkpoint(tmp_path / "vits16_800ep.pth.tar", get_spec("vits16_800ep"), seed=2)
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(store, copy)
+    shards = Path(open_embeddings(store, "vits16_800ep", "val").attrs["shards"]).parent
+    assert main([str(shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", str(other),
+                 "--out", str(copy)]) == 1
+    assert "was built from other inputs or settings (weights_sha256" in caplog.text
+
+
+def test_wrong_architecture_fails_loudly(embed_shards, vits_checkpoint, tmp_path, caplog):
+    shutil.copy(vits_checkpoint, tmp_path / "vitb16_600ep.pth.tar")
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vitb16_600ep",
+                 "--weights", str(tmp_path), "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "does not fit vitb16_600ep (deit_base" in caplog.text and "misshapen" in caplog.text
+    assert not (tmp_path / "x.zarr").exists()
+
+
+def test_incomplete_shards_are_refused(embed_shards, tmp_path, caplog):
+    shutil.copytree(embed_shards, tmp_path / "s")
+    (tmp_path / "s" / "val" / "manifest.json").unlink()
+    assert main([str(tmp_path / "s"), "--split", "val", "--encoder", "vits16_800ep",
+                 "--weights", "random", "--out", str(tmp_path / "x.zarr")]) == 1
+    assert "unfinished: rerun python -m shard" in caplog.text
+
+
+def _embed_cmd(shards, weights, out, batch="2"):
+    return [sys.executable, "-m", "embed", str(shards), "--split", "val", "--encoder", "vits16_800ep",
+            "--weights", str(weights), "--out", str(out), "--batch-size", batch, "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_finishes_the_same_store(embed_shards, vits_checkpoint, store, tmp_path):
+    out = tmp_path / "k.zarr"
+    proc = subprocess.Popen(_embed_cmd(embed_shards, vits_checkpoint, out), cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = out / "vits16_800ep" / "val" / "shards_done" / "c"
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            done_dir.exists() and len(list(done_dir.iterdir())) >= 2):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "finished before it could be killed"
+    partial = open_embeddings(out, "vits16_800ep", "val", require_complete=False)
+    assert not partial.attrs["complete"]
+    assert subprocess.run(_embed_cmd(embed_shards, vits_checkpoint, out), cwd=ROOT).returncode == 0
+    a = np.asarray(open_embeddings(out, "vits16_800ep", "val").embeddings[:])
+    b = np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(embed_shards, vits_checkpoint, store, tmp_path):
+    out = tmp_path / "t.zarr"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "--master-port", "29517", "-m", "embed", *_embed_cmd(embed_shards, vits_checkpoint, out)[3:],
+           "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    e = open_embeddings(out, "vits16_800ep", "val")
+    assert e.attrs["complete"]
+    np.testing.assert_allclose(np.asarray(e.embeddings[:]),
+                               np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:]),
+                               rtol=1e-4, atol=1e-4)
