@@ -145,3 +145,68 @@ def test_torchrun_two_processes_equal_one(embed_shards, vits_checkpoint, store, 
     np.testing.assert_allclose(np.asarray(e.embeddings[:]),
                                np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:]),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture
+def tiny_encoders(monkeypatch):
+    """Two tiny ViTs added to the registry, so compile and multi-encoder runs stay cheap."""
+    from embed.encoders import ENCODERS, EncoderSpec
+    tiny = {"tiny_a": EncoderSpec("tiny_a", "test_tiny", patch=16, dim=32, depth=2, heads=2),
+            "tiny_b": EncoderSpec("tiny_b", "test_tiny", patch=32, dim=48, depth=1, heads=3)}
+    monkeypatch.setattr("embed.encoders.ENCODERS", ENCODERS | tiny)
+    return tiny
+
+
+def _run(shards, out, encoders, **kw):
+    from embed.run import Config, run
+    return run(Config(shards, "val", tuple(encoders), "random", out, batch_size=4, threads=2, **kw))
+
+
+@pytest.mark.slow
+def test_compile_on_cpu_gives_the_eager_rows(embed_shards, tiny_encoders, tmp_path):
+    _run(embed_shards, tmp_path / "eager.zarr", ["tiny_a"], compile=False)
+    _run(embed_shards, tmp_path / "compiled.zarr", ["tiny_a"], compile=True)
+    eager = np.asarray(open_embeddings(tmp_path / "eager.zarr", "tiny_a", "val").embeddings[:])
+    compiled = np.asarray(open_embeddings(tmp_path / "compiled.zarr", "tiny_a", "val").embeddings[:])
+    np.testing.assert_allclose(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_several_encoders_in_one_run(embed_shards, tiny_encoders, tmp_path):
+    s = _run(embed_shards, tmp_path / "both.zarr", ["tiny_a", "tiny_b"], check_drift=5)
+    assert s["complete"] and s["images"] == 17
+    for name, dim in (("tiny_a", 32), ("tiny_b", 48)):
+        _run(embed_shards, tmp_path / f"{name}.zarr", [name])
+        both = open_embeddings(tmp_path / "both.zarr", name, "val")
+        alone = open_embeddings(tmp_path / f"{name}.zarr", name, "val")
+        assert both.shape == (17, dim)
+        np.testing.assert_allclose(both.embeddings[:], alone.embeddings[:], rtol=1e-5, atol=1e-5)
+        assert both.attrs["random_weights"] is True
+        assert both.attrs["drift"]["images"] == 5 and both.attrs["drift"]["min_cos"] > 0.9999
+
+
+def test_second_run_embeds_nothing(embed_shards, tiny_encoders, tmp_path):
+    _run(embed_shards, tmp_path / "a.zarr", ["tiny_a"])
+    again = _run(embed_shards, tmp_path / "a.zarr", ["tiny_a"])
+    assert again["images"] == 0 and again["complete"]
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_compiled_auto_batch_stays_close_to_fp32(embed_shards, vits_checkpoint, store, tmp_path):
+    out = tmp_path / "gpu.zarr"
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights",
+                 str(vits_checkpoint), "--out", str(out), "--device", "cuda", "--check-drift", "17"]) == 0
+    e = open_embeddings(out, "vits16_800ep", "val")
+    assert e.attrs["precision"] == "bf16" and e.attrs["batch_size"] >= 16
+    assert e.attrs["drift"]["min_cos"] >= 0.99
+    cpu = np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:])
+    assert cosines(np.asarray(e.embeddings[:]), cpu).min() >= 0.99  # nvJPEG + bf16 vs CPU fp32
+
+
+@pytest.mark.gpu
+def test_gpu_fp32_eager_matches_the_reference(embed_shards, vits_checkpoint, reference_rows, tmp_path):
+    out = tmp_path / "gpu32.zarr"
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights",
+                 str(vits_checkpoint), "--out", str(out), "--device", "cuda", "--precision", "fp32",
+                 "--no-compile", "--batch-size", "8"]) == 0
+    rows = np.asarray(open_embeddings(out, "vits16_800ep", "val").embeddings[:])
+    assert cosines(rows, reference_rows).min() >= 0.99

@@ -1,0 +1,83 @@
+"""python -m embed.from_npy DIR --encoder E --out STORE.zarr: reference files into a store.
+
+    python -m embed.from_npy data/imagenet --encoder vits16_800ep --out out/embeddings.zarr
+
+Reads, for every split found in DIR, `embeddings_<E>_<split>.npy` with `labels_<split>.npy`
+and the optional `filepaths_<split>.txt` (the layout of the reference scripts, and of
+`python -m embed.export`), and writes a complete store group per split, so embeddings
+computed elsewhere can be probed with msnpipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from embed import store
+
+log = logging.getLogger("embed.from_npy")
+ROWS_PER_CHUNK = 1000
+
+
+def find_splits(folder: Path, encoder: str) -> list[str]:
+    """Splits S with an embeddings_<encoder>_S.npy in `folder`."""
+    pattern = re.compile(rf"embeddings_{re.escape(encoder)}_(.+)\.npy")
+    return sorted(m.group(1) for p in folder.iterdir() if (m := pattern.fullmatch(p.name)))
+
+
+def import_split(folder: Path, encoder: str, split: str, out: Path) -> tuple[int, int]:
+    """One split from .npy files to a complete group; return (N, D)."""
+    rows = np.load(folder / f"embeddings_{encoder}_{split}.npy", mmap_mode="r")  # [N, D]
+    labels_path = folder / f"labels_{split}.npy"
+    if not labels_path.exists():
+        raise store.StoreError(f"{labels_path}: missing (needed beside the embeddings)")
+    labels = np.load(labels_path)
+    if rows.ndim != 2 or labels.shape != (len(rows),):
+        raise store.StoreError(f"{folder}: embeddings {rows.shape} and labels {labels.shape} "
+                               f"of split {split} do not match (expected [N, D] and [N])")
+    paths_file = folder / f"filepaths_{split}.txt"
+    paths = paths_file.read_text(encoding="utf-8").splitlines() if paths_file.exists() else [""] * len(rows)
+    if len(paths) != len(rows):
+        raise store.StoreError(f"{paths_file}: {len(paths)} lines for {len(rows)} embeddings")
+    n, d = rows.shape
+    layout = store.Layout(n, d, ROWS_PER_CHUNK, store.num_shards(n, ROWS_PER_CHUNK))
+    attrs = {"encoder": encoder, "kind": "cls_prenorm", "imported_from": str(folder.resolve()),
+             "identity": {"encoder": encoder, "imported_from": str(folder.resolve())}}
+    g = store.create_group(out, encoder, split, layout, labels.astype(np.int32), paths, attrs)
+    for s in range(layout.num_shards):
+        lo = s * ROWS_PER_CHUNK
+        store.write_rows(g, s, lo, np.asarray(rows[lo : lo + ROWS_PER_CHUNK], dtype=np.float32))
+    store.mark_complete_if_done(g)
+    return n, d
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Import every split found; exit status 1 when none is found or one is malformed."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    p = argparse.ArgumentParser(prog="python -m embed.from_npy", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("folder", type=Path)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    a = p.parse_args(argv)
+    splits = find_splits(a.folder, a.encoder) if a.folder.is_dir() else []
+    if not splits:
+        log.error("%s: no embeddings_%s_<split>.npy found", a.folder, a.encoder)
+        return 1
+    try:
+        for split in splits:
+            n, d = import_split(a.folder, a.encoder, split, a.out)
+            log.info("%s/%s: %d x %d rows -> %s", a.encoder, split, n, d, a.out)
+    except (store.StoreError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

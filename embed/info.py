@@ -1,0 +1,46 @@
+"""python -m embed.info STORE: what a store holds and what is incomplete.
+
+    python -m embed.info out/embeddings.zarr
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from embed import store
+
+
+def describe(path: Path) -> list[str]:
+    """One line per (encoder, split) group."""
+    lines = []
+    for encoder, split in store.list_groups(path):
+        g = store.open_group(path, encoder, split)
+        done = store.done_shards(g)
+        a = g.attrs.asdict()
+        n, d = g["embeddings"].shape
+        state = "complete" if a.get("complete") else f"INCOMPLETE: {int(done.sum())}/{len(done)} shards"
+        extra = " RANDOM WEIGHTS" if a.get("random_weights") else ""
+        drift = a.get("drift")
+        drift_txt = f", drift min cos {drift['min_cos']:.5f}" if drift else ""
+        lines.append(f"{encoder}/{split}: {n} x {d} {g['embeddings'].dtype}, {a.get('kind', '?')}, "
+                     f"{a.get('precision', '?')}, {state}{drift_txt}{extra}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the store's groups; exit status 1 if there is no store."""
+    p = argparse.ArgumentParser(prog="python -m embed.info", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", type=Path)
+    a = p.parse_args(argv)
+    if not (a.store / "zarr.json").exists():
+        print(f"{a.store}: not a Zarr store", file=sys.stderr)
+        return 1
+    print("\n".join(describe(a.store)) or f"{a.store}: empty")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""embed.pipeline: DALI preprocessing against PIL + torchvision, indices, padding."""
+
+import numpy as np
+import pytest
+import torch
+
+from embed.encoders import Preprocess
+from embed.pipeline import batches, key_of
+from shard.reader import open_split
+from tests.reference import load_image
+
+ONE_GREY_LEVEL = 1 / 255 / 0.224 + 1e-4  # in normalized units
+
+
+@pytest.fixture(scope="module")
+def split(embed_shards):
+    return open_split(embed_shards, "val")
+
+
+def _all(split, batch):
+    return list(batches(split.tar_paths(), split.idx_paths(), split.num_samples, Preprocess(),
+                        batch, torch.device("cpu"), threads=1))
+
+
+def test_pixels_match_torchvision_within_one_grey_level(split):
+    got = _all(split, batch=6)
+    images = torch.cat([b.images for b in got])  # [B*, 3, 224, 224]
+    indices = np.concatenate([b.indices for b in got])
+    src = split.dir.parent.parent
+    originals = {f"{p.parent.name}/{p.name}": p for p in src.rglob("*.JPEG")}
+    for row, index in enumerate(indices):
+        if index < 0:
+            continue
+        want = load_image(originals[split.paths()[index]])  # portrait, landscape, square, grey, EXIF
+        assert (images[row] - want).abs().max() <= ONE_GREY_LEVEL, split.paths()[index]
+
+
+def test_indices_come_from_keys_and_padding_is_marked(split):
+    got = _all(split, batch=6)  # 17 samples: 6 + 6 + 5 real, 1 padded
+    assert [len(b.indices) for b in got] == [6, 6, 6]
+    indices = np.concatenate([b.indices for b in got])
+    assert indices.tolist() == list(range(17)) + [-1]
+    assert all(b.images.shape == (6, 3, 224, 224) for b in got)
+
+
+def test_key_of_source_info():
+    info = np.frombuffer(b"/x/val-000001.tar:174080:00000042.jpg", dtype=np.uint8)
+    assert key_of(info) == 42
