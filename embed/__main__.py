@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the model (default: on CUDA only)")
     p.add_argument("--batch-size", type=_batch, default=None,
-                   help="images per batch, or auto (default: largest that fits on CUDA, 64 on CPU)")
+                   help="images per batch, or auto (default: largest that fits on CUDA, 16 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--check-drift", type=int, default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")

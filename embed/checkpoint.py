@@ -80,7 +80,6 @@ def random_model(spec: EncoderSpec, seed: int = 0) -> nn.Module:
 
 def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dict]:
     """The model of `spec` with weights from an MSN checkpoint, or random for "random"."""
-    model = build_model(spec)
     if str(weights) == "random":
         log.warning("%s: RANDOM weights (demo/test only); `make weights` fetches the real ones",
                     spec.name)
@@ -90,8 +89,11 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
         raise CheckpointError(f"{path}: no such checkpoint (run `make weights ENCODER={spec.name}`)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     state = _backbone(ckpt, path)
+    with torch.device("meta"):  # no random init of weights about to be replaced
+        model = build_model(spec)
     check_state(state, model, spec, path)
-    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)})
+    model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)},
+                          assign=True)
     log.info("%s: loaded %s (epoch %s)", spec.name, path, ckpt.get("epoch", "?"))
     return model.eval(), {"weights": str(path.resolve()), "weights_sha256": sha256_file(path)}
 

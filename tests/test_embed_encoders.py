@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from bench.reference import ReferenceViT
 from embed.checkpoint import random_model
 from embed.encoders import ENCODERS, Embedder, build_model, get_spec
-from tests.reference import ReferenceViT
 
 TABLE = {  # DESIGN.md: name -> (architecture, patch, dim, depth, heads)
     "vits16_800ep": ("deit_small", 16, 384, 12, 6),

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.reference import load_image
 from embed.encoders import Preprocess
 from embed.pipeline import batches, key_of
 from shard.reader import open_split
-from tests.reference import load_image
 
 ONE_GREY_LEVEL = 1 / 255 / 0.224 + 1e-4  # in normalized units
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from bench.reference import load_image, reference_vit
 from embed.__main__ import main
 from embed.store import open_embeddings
 from shard.reader import open_split
-from tests.reference import load_image, reference_vit
 
 ROOT = Path(__file__).parents[1]
 

@@ -1,8 +1,11 @@
-"""The reference path, written out independently of msnpipe: PIL + torchvision transforms
-and a plain PyTorch ViT with MSN deit.py's structure, loaded straight from a checkpoint."""
+"""The reference path (msn-embeddings' compute_embeddings.py), written out independently of
+embed/: PIL + torchvision transforms, and a plain PyTorch ViT with MSN deit.py's structure
+and attention loaded straight from a checkpoint. bench/ times it; tests compare against it.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 from PIL import Image
@@ -66,3 +69,53 @@ def reference_vit(checkpoint_path, patch=16, dim=384, depth=12, heads=6) -> Refe
     model = ReferenceViT(patch, dim, depth, heads)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     return model.eval()
+
+
+def embed_folder(root, model: ReferenceViT, batch_size: int = 16, num_workers: int = 0,
+                 device: str | torch.device = "cpu"):
+    """The reference embedding loop: ImageFolder + PIL, DataLoader(batch 16, no workers),
+    fp32 eager `forward_blocks`. Returns (embeddings [N, D], labels [N], paths)."""
+    from torch.utils.data import DataLoader
+    from torchvision.datasets import ImageFolder
+
+    data = ImageFolder(root, transform=REFERENCE_TRANSFORM)
+    loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    rows = []
+    with torch.no_grad():
+        for x, _ in loader:
+            rows.append(model.forward_blocks(x.to(device)).cpu())
+    return torch.cat(rows).numpy(), np.array(data.targets), [p for p, _ in data.samples]
+
+
+# -- the reference probe: evaluate_embeddings.py, loop for loop ----------------------------
+
+
+def sample_n_per_class(labels: np.ndarray, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
+    """Class-balanced draw, exactly as the reference script makes it."""
+    sampled = []
+    for _class in np.unique(labels):
+        class_inds = np.flatnonzero(labels == _class)
+        sampled += [rng.choice(class_inds, size=n_per_class, replace=False)]
+    return rng.permutation(np.concatenate(sampled))
+
+
+def reference_curve(train_x, train_y, test_x, test_y, seed: int, n_labels_end: int,
+                    C: float = 1.0, max_iter: int = 1000) -> list[dict]:
+    """One seed of the reference few-shot curve: n per class = 1, 2, ... until n_labels_end."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    rng = np.random.default_rng(seed)
+    mean, std = train_x.mean(0, keepdims=True), train_x.std(0, keepdims=True)
+    std[std < np.finfo(train_x.dtype).eps] = 1
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    rows, n = [], 1
+    while True:
+        inds = sample_n_per_class(train_y, n, rng)
+        model = LogisticRegression(C=C, max_iter=max_iter).fit(train_x[inds], train_y[inds])
+        probs = model.predict_proba(test_x)
+        rows.append({"n_labels": len(inds), "test_acc": model.score(test_x, test_y),
+                     "test_loglik": -log_loss(test_y, probs, labels=model.classes_), "inds": inds})
+        if len(inds) >= n_labels_end:
+            return rows
+        n += 1

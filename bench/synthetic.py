@@ -1,0 +1,84 @@
+"""Generate a labelled ImageFolder of real JPEGs with class structure, for demos and benchmarks.
+
+    python -m bench.synthetic data/demo/images --classes 10 --train 24 --val 8 --broken 2
+
+Each class has its own palette and stripe orientation under smooth random texture, so a
+probe on any reasonable embedding learns something; images are ImageNet-like (500x375
+by default, some portrait). `--broken N` adds N undecodable files to train/ (a truncated
+JPEG, a text file with a .JPEG name, ...), so the shard report has something to report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def synthetic_image(label: int, num_classes: int, rng: np.random.Generator,
+                    size: tuple[int, int] = (500, 375)) -> Image.Image:
+    """One RGB image [h, w, 3] of class `label`: tinted texture plus oriented stripes."""
+    w, h = size if rng.random() > 0.2 else size[::-1]
+    hue = label / num_classes
+    base = np.array([np.cos(2 * np.pi * (hue + k / 3)) for k in range(3)]) * 70 + 128  # [3]
+    texture = Image.fromarray(rng.integers(0, 256, (h // 25 + 2, w // 25 + 2, 3), dtype=np.uint8))
+    texture = np.asarray(texture.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+    yy, xx = np.mgrid[0:h, 0:w]
+    angle = np.pi * label / num_classes
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / (6 + 2 * (label % 3)))  # [h, w]
+    img = 0.45 * texture + 0.55 * base + 40 * stripes[..., None] + rng.normal(0, 9, (h, w, 3))
+    return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _broken(i: int, good: bytes) -> tuple[str, bytes]:
+    kinds = [("truncated.JPEG", good[: len(good) // 3]), ("notes.JPEG", b"not an image\n" * 20),
+             ("empty.JPEG", b"")]
+    name, data = kinds[i % len(kinds)]
+    return f"broken_{i}_{name}", data
+
+
+def make_image_folder(root: Path, classes: int = 10, train: int = 24, val: int = 8,
+                      broken: int = 2, seed: int = 0, size: tuple[int, int] = (500, 375)) -> Path:
+    """root/{train,val}/class_XX/*.JPEG; returns root. Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class_{c:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(
+                    _jpeg(synthetic_image(c, classes, rng, size)))
+    if not broken:
+        return root
+    good = next((root / "train").rglob("*.JPEG")).read_bytes()
+    for i in range(broken):
+        name, data = _broken(i, good)
+        (root / "train" / f"class_{i % classes:02d}" / name).write_bytes(data)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.synthetic", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("root", type=Path)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--train", type=int, default=24, help="images per class in train/")
+    p.add_argument("--val", type=int, default=8, help="images per class in val/")
+    p.add_argument("--broken", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    make_image_folder(a.root, a.classes, a.train, a.val, a.broken, a.seed)
+    print(f"{a.root}: {a.classes} classes, {a.train}+{a.val} images each, {a.broken} broken")
+
+
+if __name__ == "__main__":
+    main()
