@@ -202,7 +202,7 @@ def _attrs(spec: EncoderSpec, cfg: Config, info: dict, identity: dict, device: t
         "random_weights": info["weights"] == "random", "preprocessing": identity["preprocessing"],
         "precision": identity["precision"], "device": device_name(device), "batch_size": batch,
         "versions": versions(), "shards": str(split.dir), "shards_manifest_sha256": split.manifest_sha256,
-        "num_shards": len(split.shards), "identity": identity,
+        "num_shards": len(split.shards), "classes": split.classes, "identity": identity,
     }
 
 

@@ -162,3 +162,35 @@ def vits_checkpoint(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("weights")
     return save_random_checkpoint(folder / "vits16_800ep.pth.tar", get_spec("vits16_800ep"), seed=1)
+
+
+# -- probe fixtures: stores of synthetic embeddings, built through embed.from_npy ----------
+
+
+def gaussian_mixture(n_per_class: int, classes: int, dim: int, seed: int, spread: float = 2.5):
+    """(x [n*K, D] float32, y [n*K]) with class means drawn once per call's seed."""
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 1, (classes, dim)) * spread / np.sqrt(dim) * 3
+    y = np.repeat(np.arange(classes), n_per_class)
+    x = means[y] + rng.normal(0, 1, (len(y), dim))
+    perm = rng.permutation(len(y))
+    return x[perm].astype(np.float32), y[perm]
+
+
+def make_store(root: Path, encoder: str = "toy", classes: int = 10, dim: int = 16,
+               train_per_class: int = 30, test_per_class: int = 10, seed: int = 0) -> Path:
+    """A complete store with train/ and val/ of a Gaussian mixture, via embed.from_npy."""
+    from embed.from_npy import main as from_npy_main
+
+    rng_means = np.random.default_rng(seed).normal(0, 1, (classes, dim)) * 1.5
+    folder = root / "npy"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n, s in (("train", train_per_class, seed + 1), ("val", test_per_class, seed + 2)):
+        rng = np.random.default_rng(s)
+        y = rng.permutation(np.repeat(np.arange(classes), n))
+        x = (rng_means[y] + rng.normal(0, 1, (len(y), dim))).astype(np.float32)
+        np.save(folder / f"embeddings_{encoder}_{split}.npy", x)
+        np.save(folder / f"labels_{split}.npy", y)
+    store = root / "store.zarr"
+    assert from_npy_main([str(folder), "--encoder", encoder, "--out", str(store)]) == 0
+    return store

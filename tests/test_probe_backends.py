@@ -1,0 +1,62 @@
+"""probe.backends: scikit-learn against an independent scipy fit of the same objective; cuML
+against scikit-learn on a GPU."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import log_softmax
+
+from probe.backends import cuml_available, fit_predict, resolve
+from tests.conftest import gaussian_mixture
+
+
+def scipy_fit(x, y, C, fit_intercept=True):
+    """argmin C * sum(-log p(y|x)) + ||W||^2 / 2 (intercept not penalised), with L-BFGS."""
+    k, d = y.max() + 1, x.shape[1]
+    onehot = np.eye(k)[y]
+
+    def objective(theta):
+        w, b = theta[: k * d].reshape(d, k), (theta[k * d :] if fit_intercept else np.zeros(k))
+        logp = log_softmax(x @ w + b, axis=1)
+        p = np.exp(logp)
+        loss = -C * (onehot * logp).sum() + 0.5 * (w**2).sum()
+        g = C * (p - onehot)
+        grad_w = x.T @ g + w
+        return loss, np.concatenate([grad_w.ravel(), g.sum(0)] if fit_intercept else [grad_w.ravel()])
+
+    theta0 = np.zeros(k * d + (k if fit_intercept else 0))
+    res = minimize(objective, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 5000, "gtol": 1e-9})
+    w, b = res.x[: k * d].reshape(d, k), (res.x[k * d :] if fit_intercept else np.zeros(k))
+    return lambda xt: np.exp(log_softmax(xt @ w + b, axis=1))
+
+
+@pytest.mark.parametrize("C, fit_intercept", [(1.0, True), (0.1, True), (4.0, False)])
+def test_sklearn_solves_the_stated_objective(C, fit_intercept):
+    x, y = gaussian_mixture(6, 5, 8, seed=1)
+    xt, _ = gaussian_mixture(20, 5, 8, seed=2)
+    probs, classes = fit_predict("sklearn", x, y, xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
+    assert classes.tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(probs, scipy_fit(x, y, C, fit_intercept)(xt), atol=1e-2)
+    # the bar separates objectives: half the C, or the other intercept choice, is far off
+    assert np.abs(probs - scipy_fit(x, y, C / 2, fit_intercept)(xt)).max() > 0.03
+    assert np.abs(probs - scipy_fit(x, y, C, not fit_intercept)(xt)).max() > 0.03
+
+
+def test_backend_resolution():
+    assert resolve("sklearn") == "sklearn"
+    assert resolve("auto") == ("cuml" if cuml_available() else "sklearn")
+    with pytest.raises(ValueError, match="unknown backend"):
+        resolve("torch")
+    if not cuml_available():
+        with pytest.raises(RuntimeError, match="cuML cannot run here"):
+            resolve("cuml")
+
+
+@pytest.mark.gpu
+def test_cuml_agrees_with_sklearn():
+    x, y = gaussian_mixture(10, 20, 64, seed=3)
+    xt, yt = gaussian_mixture(30, 20, 64, seed=3)
+    p1, _ = fit_predict("sklearn", x, y, xt, C=1.0, max_iter=1000)
+    p2, _ = fit_predict("cuml", x.astype(np.float32), y, xt.astype(np.float32), C=1.0, max_iter=1000)
+    assert abs((p1.argmax(1) == yt).mean() - (p2.argmax(1) == yt).mean()) <= 0.005
+    np.testing.assert_allclose(p1, p2, atol=0.02)

@@ -1,0 +1,106 @@
+"""python -m probe: the reference's draws and accuracies, resume, seed layout, bad input."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from bench.reference import reference_curve, sample_n_per_class
+from embed.store import open_embeddings
+from probe.__main__ import main
+from probe.data import ClassSampler, mean_std, read_rows
+from probe.fewshot import draws
+from tests.conftest import make_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("probe"), classes=10, dim=16, train_per_class=30)
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 19])
+def test_draws_are_the_references(seed):
+    labels = np.random.default_rng(5).integers(0, 7, 300)  # unequal class sizes, shuffled
+    ours = list(draws(ClassSampler(labels), seed, tuple(range(1, 6))))
+    rng = np.random.default_rng(seed)
+    for n, inds in ours:
+        np.testing.assert_array_equal(inds, sample_n_per_class(labels, n, rng))
+
+
+def test_draws_for_some_n_still_consume_the_rng_like_the_reference():
+    labels = np.repeat(np.arange(4), 20)
+    only = dict(draws(ClassSampler(labels), 3, (2, 5)))
+    every = dict(draws(ClassSampler(labels), 3, tuple(range(1, 6))))
+    assert only.keys() == {2, 5}
+    np.testing.assert_array_equal(only[5], every[5])
+
+
+def test_statistics_and_rows(store):
+    e = open_embeddings(store, "toy", "train")
+    x = np.asarray(e.embeddings[:])
+    mean, std = mean_std(e)
+    np.testing.assert_allclose(mean, x.mean(0, keepdims=True), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, x.std(0, keepdims=True), rtol=1e-5)
+    idx = np.array([7, 3, 250, 3])
+    np.testing.assert_allclose(read_rows(e, idx, mean, std), (x[idx] - mean) / std, rtol=1e-5)
+
+
+def test_accuracy_matches_the_reference_script(store, tmp_path):
+    assert main([str(store), "--encoder", "toy", "--per-class", "1-4", "--seeds", "0-2",
+                 "--backend", "sklearn", "--out", str(tmp_path)]) == 0
+    rows = read_csv(tmp_path / "fewshot.csv")
+    assert len(rows) == 12 and set(rows[0]) == {"encoder", "seed", "n_per_class", "n_labels",
+                                                "test_acc", "test_loglik", "C", "backend", "fit_seconds"}
+    tr, te = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
+    for seed in range(3):
+        ref = reference_curve(np.asarray(tr.embeddings[:]), tr.labels, np.asarray(te.embeddings[:]),
+                              te.labels, seed=seed, n_labels_end=40)
+        ours = [r for r in rows if int(r["seed"]) == seed]
+        assert [int(r["n_labels"]) for r in ours] == [r["n_labels"] for r in ref] == [10, 20, 30, 40]
+        for o, r in zip(ours, ref):
+            assert abs(float(o["test_acc"]) - r["test_acc"]) <= 0.005
+            assert abs(float(o["test_loglik"]) - r["test_loglik"]) <= 0.01
+
+
+def test_rerun_skips_done_rows_and_finishes_a_cut_csv(store, tmp_path):
+    args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend",
+            "sklearn", "--out", str(tmp_path)]
+    assert main(args) == 0
+    full = (tmp_path / "fewshot.csv").read_text()
+    assert main(args) == 0
+    assert (tmp_path / "fewshot.csv").read_text() == full
+    lines = full.splitlines(keepends=True)
+    (tmp_path / "fewshot.csv").write_text("".join(lines[:3]) + lines[3][:10])  # killed mid-write
+    assert main(args) == 0
+    rows = read_csv(tmp_path / "fewshot.csv")
+    assert sorted((r["seed"], r["n_per_class"]) for r in rows) == sorted(
+        (r["seed"], r["n_per_class"]) for r in csv.DictReader(full.splitlines()))
+
+
+def test_C_sweep_and_seed_layout(store, tmp_path):
+    assert main([str(store), "--encoder", "toy", "--per-class", "1,2", "--seeds", "0", "--C", "0.1,1",
+                 "--backend", "sklearn", "--seed-layout", "--out", str(tmp_path)]) == 0
+    assert sorted({r["C"] for r in read_csv(tmp_path / "fewshot.csv")}) == ["0.1", "1.0"]
+    text = (tmp_path / "toy_C1" / "testing_seed00.csv").read_text().splitlines()
+    assert text[0] == "n_labels,test_acc,test_loglik" and text[1].startswith("010,0.")
+    assert len(text) == 3
+
+
+def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
+    assert main([str(store), "--encoder", "nope", "--out", str(tmp_path)]) == 1
+    assert "no nope/train (the store holds: toy/train, toy/val)" in caplog.text
+    assert main([str(store), "--encoder", "toy", "--per-class", "31", "--backend", "sklearn",
+                 "--out", str(tmp_path)]) == 1
+    assert "class 0 has only 30 samples in train" in caplog.text
+    from embed.store import open_group
+    open_group(store, "toy", "val", mode="a").attrs.update({"complete": False})
+    try:
+        assert main([str(store), "--encoder", "toy", "--out", str(tmp_path)]) == 1
+        assert "toy/val is incomplete" in caplog.text
+    finally:
+        open_group(store, "toy", "val", mode="a").attrs.update({"complete": True})
