@@ -1,0 +1,140 @@
+"""python -m probe.plot DIR [DIR ...] --out fewshot.png: accuracy and log-likelihood vs labels.
+
+    python -m probe.plot out/probe --out out/probe/fewshot.png
+    python -m probe.plot out/probe ../msn-embeddings/results --out compare.png --logx
+
+Each DIR is a probe output (fewshot.csv) or a folder of the reference's results
+(<encoder>/testing_seedNN.csv, or testing_seedNN.csv directly), so published curves can be
+overlaid. Lines are mean ± standard error across seeds, one per encoder (and per C when a C
+sweep was run, unless --best-C picks the best C per label count, as the legend then says).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import re
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+SEED_FILE = re.compile(r"testing_seed(\d+)\.csv")
+
+
+def _rows_from_fewshot(path: Path, tag: str) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{"encoder": r["encoder"] + tag, "seed": int(r["seed"]), "n_labels": int(r["n_labels"]),
+                 "acc": float(r["test_acc"]), "loglik": float(r["test_loglik"]), "C": float(r["C"])}
+                for r in csv.DictReader(f)]
+
+
+def _rows_from_seed_files(folder: Path, encoder: str) -> list[dict]:
+    rows = []
+    for path in sorted(folder.iterdir()):
+        m = SEED_FILE.fullmatch(path.name)
+        if not m:
+            continue
+        with open(path, newline="") as f:
+            rows += [{"encoder": encoder, "seed": int(m.group(1)), "n_labels": int(r["n_labels"]),
+                      "acc": float(r["test_acc"]), "loglik": float(r["test_loglik"]), "C": None}
+                     for r in csv.DictReader(f)]
+    return rows
+
+
+def load(dirs: list[Path]) -> list[dict]:
+    """Every (encoder, seed, n_labels) result found in `dirs`."""
+    rows = []
+    for d in dirs:
+        tag = f" [{d.name}]" if len(dirs) > 1 else ""
+        if (d / "fewshot.csv").exists():
+            rows += _rows_from_fewshot(d / "fewshot.csv", tag)
+        elif any(SEED_FILE.fullmatch(p.name) for p in d.iterdir()):
+            rows += _rows_from_seed_files(d, d.name + tag)
+        else:
+            for sub in sorted(p for p in d.iterdir() if p.is_dir()):
+                rows += _rows_from_seed_files(sub, sub.name + tag)
+    if not rows:
+        raise ValueError(f"no fewshot.csv or testing_seedNN.csv found in {', '.join(map(str, dirs))}")
+    return rows
+
+
+def curves(rows: list[dict], best_c: bool) -> dict[str, dict[str, np.ndarray]]:
+    """label -> {n_labels, acc_mean, acc_sem, loglik_mean, loglik_sem}, sorted by n_labels."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[(r["encoder"], r["C"], r["n_labels"])].append(r)
+    stats = {k: _mean_sem(v) for k, v in groups.items()}
+    Cs = {r["C"] for r in rows if r["C"] is not None}
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for (enc, C, n), s in sorted(stats.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
+        if best_c and C is not None:
+            if s["acc_mean"] < max(v["acc_mean"] for (e, _, m), v in stats.items() if e == enc and m == n):
+                continue
+            label = f"{enc} (best C per label count)"
+        else:
+            label = enc if len(Cs) <= 1 or C is None else f"{enc}, C={C:g}"
+        out[label]["n_labels"].append(n)
+        for k, v in s.items():
+            out[label][k].append(v)
+    return {k: {m: np.array(v) for m, v in d.items()} for k, d in out.items()}
+
+
+def _mean_sem(rows: list[dict]) -> dict[str, float]:
+    out = {}
+    for metric in ("acc", "loglik"):
+        v = np.array([r[metric] for r in rows], dtype=float) * (100 if metric == "acc" else 1)
+        out[f"{metric}_mean"] = float(v.mean())
+        out[f"{metric}_sem"] = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
+    return out
+
+
+def plot(lines: dict[str, dict[str, np.ndarray]], out: Path, logx: bool = False) -> Path:
+    """Two panels (accuracy %, log-likelihood) with mean ± standard error bands."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(ncols=2, figsize=(9, 3.4))
+    for label, c in lines.items():
+        for ax, metric in zip(axes, ("acc", "loglik")):
+            m, s = c[f"{metric}_mean"], c[f"{metric}_sem"]
+            ax.plot(c["n_labels"], m, label=label, marker=".")
+            ax.fill_between(c["n_labels"], m - s, m + s, alpha=0.3)
+    for ax, name in zip(axes, ("Test accuracy (%)", "Test expected log likelihood")):
+        ax.set(xlabel="Number of labels", ylabel=name)
+        ax.grid(visible=True, axis="y")
+        if logx:
+            ax.set_xscale("log")
+    axes[1].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m probe.plot", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dirs", type=Path, nargs="+")
+    p.add_argument("--out", type=Path, required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--logx", action="store_true", help="log-scale number of labels")
+    p.add_argument("--best-C", action="store_true", help="best C per label count (C sweeps)")
+    a = p.parse_args(argv)
+    try:
+        missing = [d for d in a.dirs if not d.is_dir()]
+        if missing:
+            raise ValueError(f"{missing[0]}: not a folder")
+        lines = curves(load(a.dirs), a.best_C)
+    except ValueError as e:
+        print(f"probe.plot: {e}", file=sys.stderr)
+        return 1
+    print(plot(lines, a.out, a.logx))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""probe.knn: against brute-force numpy, chance on random features, never an N x N matrix."""
+
+import numpy as np
+import pytest
+import torch
+
+from embed.store import open_embeddings
+from probe.knn import evaluate, main, top_neighbours
+from tests.conftest import make_store
+
+
+def brute_force(train_x, train_y, test_x, test_y, k, T, classes):
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sims = b @ a.T  # [Q, N]
+    top1 = top5 = 0
+    for q in range(len(b)):
+        nn = np.argsort(-sims[q], kind="stable")[:k]
+        votes = np.zeros(classes)
+        np.add.at(votes, train_y[nn], np.exp(sims[q, nn] / T))
+        top1 += np.argmax(votes) == test_y[q]
+        top5 += votes[test_y[q]] > 0 and (votes > votes[test_y[q]]).sum() < 5
+    return top1 / len(b), top5 / len(b)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return make_store(tmp_path_factory.mktemp("knn"), classes=8, dim=12, train_per_class=40,
+                      test_per_class=15, seed=4)
+
+
+def test_matches_brute_force(store):
+    tr, te = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
+    rows = evaluate(tr, te, (1, 5, 20), 0.07, torch.device("cpu"))
+    for r in rows:
+        want = brute_force(np.asarray(tr.embeddings[:]), tr.labels, np.asarray(te.embeddings[:]),
+                           te.labels, r["k"], 0.07, 8)
+        assert (r["top1"], r["top5"]) == pytest.approx(want)
+    assert rows[1]["top1"] > 0.5  # separable classes
+
+
+def test_running_top_k_over_small_blocks_equals_one_block(store):
+    tr = open_embeddings(store, "toy", "train")
+    q = torch.nn.functional.normalize(torch.randn(30, 12), dim=1)
+    s1, i1 = top_neighbours(tr, q, 7, block_rows=10_000, query_rows=1000)
+    s2, i2 = top_neighbours(tr, q, 7, block_rows=1, query_rows=4)  # chunk-aligned: 1000-row blocks
+    torch.testing.assert_close(s1, s2)
+    assert (i1 == i2).all()
+
+
+def test_random_features_give_chance(tmp_path):
+    from embed.from_npy import main as from_npy_main
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 2000), ("val", 1000)):
+        np.save(tmp_path / f"embeddings_r_{split}.npy", rng.normal(size=(n, 32)).astype(np.float32))
+        np.save(tmp_path / f"labels_{split}.npy", rng.integers(0, 10, n))
+    assert from_npy_main([str(tmp_path), "--encoder", "r", "--out", str(tmp_path / "s.zarr")]) == 0
+    tr, te = open_embeddings(tmp_path / "s.zarr", "r", "train"), open_embeddings(tmp_path / "s.zarr", "r", "val")
+    r = evaluate(tr, te, (20,), 0.07, torch.device("cpu"))[0]
+    assert abs(r["top1"] - 0.1) < 0.04 and abs(r["top5"] - 0.5) < 0.06
+
+
+def test_cli_writes_csv_and_rejects_bad_k(store, tmp_path, capsys):
+    assert main([str(store), "--encoder", "toy", "--k", "5,10", "--out", str(tmp_path)]) == 0
+    assert "toy k=   5: top-1" in capsys.readouterr().out
+    assert (tmp_path / "knn.csv").read_text().splitlines()[0] == "encoder,k,temperature,top1,top5"
+    with pytest.raises(SystemExit):
+        main([str(store), "--encoder", "toy", "--k", "0"])
