@@ -55,7 +55,8 @@ def test_random_features_give_chance(tmp_path):
         np.save(tmp_path / f"embeddings_r_{split}.npy", rng.normal(size=(n, 32)).astype(np.float32))
         np.save(tmp_path / f"labels_{split}.npy", rng.integers(0, 10, n))
     assert from_npy_main([str(tmp_path), "--encoder", "r", "--out", str(tmp_path / "s.zarr")]) == 0
-    tr, te = open_embeddings(tmp_path / "s.zarr", "r", "train"), open_embeddings(tmp_path / "s.zarr", "r", "val")
+    tr = open_embeddings(tmp_path / "s.zarr", "r", "train")
+    te = open_embeddings(tmp_path / "s.zarr", "r", "val")
     r = evaluate(tr, te, (20,), 0.07, torch.device("cpu"))[0]
     assert abs(r["top1"] - 0.1) < 0.04 and abs(r["top5"] - 0.5) < 0.06
 
