@@ -4,7 +4,7 @@
 PYTHON  ?= python3
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-DATA    ?= data/demo/images
+DATA    ?= out/demo/images
 OUT     ?= out
 SPLITS  ?= train,val
 ENCODER ?= vits16_800ep
@@ -12,6 +12,7 @@ WEIGHTS ?= weights
 WORKERS ?= $(shell nproc)
 STORE   ?= $(OUT)/embeddings.zarr
 MSN_URL := https://dl.fbaipublicfiles.com/msn
+MSN_SUBSETS := https://raw.githubusercontent.com/facebookresearch/msn/main
 
 .DEFAULT_GOAL := help
 .PHONY: help setup demo test lint shards verify embed probe bench weights subsets clean
@@ -51,9 +52,11 @@ embed: setup ## OUT/shards -> STORE with ENCODER (weights from WEIGHTS/ENCODER.p
 			--weights $(WEIGHTS) --out $(STORE) || exit 1; \
 	done
 
-probe: setup ## few-shot curves of ENCODER from STORE -> OUT/probe, with a plot
+probe: setup ## few-shot curves and kNN of ENCODER from STORE -> OUT/probe, with a plot and table
 	$(PY) -m probe $(STORE) --encoder $(ENCODER) --out $(OUT)/probe
+	$(PY) -m probe.knn $(STORE) --encoder $(ENCODER) --out $(OUT)/probe
 	$(PY) -m probe.plot $(OUT)/probe --out $(OUT)/probe/fewshot.png
+	$(PY) -m probe.table $(OUT)/probe
 
 bench: setup ## quick benchmarks of every stage against the reference path
 	$(PY) -m bench all --quick
@@ -64,6 +67,14 @@ weights: ## download the official MSN checkpoint ENCODER to WEIGHTS/ENCODER.pth.
 		*) echo "weights: unknown ENCODER=$(ENCODER); one of vits16_800ep vitb16_600ep vitb4_300ep vitl16_600ep vitl7_200ep"; exit 1;; esac
 	curl -fL --retry 3 -o $(WEIGHTS)/$(ENCODER).pth.tar.part $(MSN_URL)/$(ENCODER).pth.tar
 	mv $(WEIGHTS)/$(ENCODER).pth.tar.part $(WEIGHTS)/$(ENCODER).pth.tar
+
+subsets: ## download MSN's official ImageNet subset files (1/2/5 imgs per class, 1%) to subsets/
+	@for d in imagenet_subsets1 imagenet_subsets2 imagenet_subsets3; do mkdir -p subsets/$$d; done
+	@for f in imagenet_subsets1/1imgs_class.txt imagenet_subsets1/2imgs_class.txt \
+		imagenet_subsets1/5imgs_class.txt imagenet_subsets1/1percent.txt \
+		imagenet_subsets2/1imgs_class.txt imagenet_subsets2/2imgs_class.txt imagenet_subsets2/5imgs_class.txt \
+		imagenet_subsets3/1imgs_class.txt imagenet_subsets3/2imgs_class.txt imagenet_subsets3/3imgs_class.txt; do \
+		curl -fsSL --retry 3 -o subsets/$$f $(MSN_SUBSETS)/$$f || exit 1; echo "subsets/$$f"; done
 
 clean: ## remove outputs and caches (keeps .venv and weights)
 	rm -rf $(OUT) .pytest_cache .ruff_cache

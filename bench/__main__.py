@@ -22,7 +22,8 @@ from bench import stages
 from bench.harness import RESULTS, append, machine
 from bench.report import write_report
 
-BENCHES = {"shard": stages.bench_shard, "decode": stages.bench_decode, "embed": stages.bench_embed}
+BENCHES = {"shard": stages.bench_shard, "decode": stages.bench_decode, "embed": stages.bench_embed,
+           "probe": stages.bench_probe, "e2e": stages.bench_e2e}
 log = logging.getLogger("bench")
 
 

@@ -34,6 +34,8 @@ def latest(rows: list[dict]) -> list[dict]:
 def _fmt(part: dict | None) -> str:
     if not part:
         return "–"
+    if part["unit"] == "runs/s":
+        return f"{part['median_s']:.2f} s (median; min {part['min_s']:.2f}, max {part['max_s']:.2f})"
     return f"{part['rate']:,.1f} {part['unit']} (median of {part['median_s']:.2f} s; {part['items']} items)"
 
 

@@ -34,15 +34,16 @@ class Sizes:
     encoders: tuple[str, ...]
     seeds: int
     label_counts: int  # n per class = 1 .. label_counts
+    probe_shape: tuple[int, int, int, int] = (100, 64, 12, 5)  # classes, D, train/class, test/class
 
     @staticmethod
     def pick(quick: bool, device: torch.device) -> Sizes:
         if quick:
-            return Sizes(10, 12, 60, 3, ("vits16_800ep",), 3, 3)
+            return Sizes(10, 12, 60, 3, ("vits16_800ep",), 3, 3, (100, 64, 12, 5))
         encoders = ("vits16_800ep", "vitb16_600ep", "vitb4_300ep", "vitl16_600ep", "vitl7_200ep")
         if device.type == "cuda":
-            return Sizes(100, 50, 50, 5, encoders, 20, 10)
-        return Sizes(20, 16, 100, 3, encoders[:2], 20, 10)
+            return Sizes(100, 50, 50, 5, encoders, 20, 10, (1000, 1024, 12, 5))
+        return Sizes(20, 16, 100, 3, encoders[:2], 2, 10, (1000, 128, 12, 5))
 
 
 @dataclass
@@ -69,6 +70,15 @@ class Workspace:
     def shard_images(self) -> Path:
         """A larger ImageFolder (split `val`) for the shard benchmark, made once."""
         return self._folder("shard_images", self.sizes.shard_per_class)
+
+    @property
+    def e2e_images(self) -> Path:
+        """train/ (label_counts + 2 per class) and val/ (4 per class), made once. No broken
+        files: the reference path stops at the first one (PIL raises), so it could not run."""
+        path = self.root / "e2e_images"
+        if not (path / "val").exists():
+            make_image_folder(path, self.sizes.classes, self.sizes.label_counts + 2, 4, broken=0)
+        return path
 
     @property
     def num_images(self) -> int:
@@ -226,3 +236,127 @@ def _bench_encoder(ws: Workspace, encoder: str) -> Row:
 def bench_embed(ws: Workspace) -> list[Row]:
     """Images/s per encoder: the reference loop (fp32 eager, batch 16) against python -m embed."""
     return [_bench_encoder(ws, encoder) for encoder in ws.sizes.encoders]
+
+
+def _probe_inputs(ws: Workspace) -> Path:
+    """A Gaussian-mixture embedding set of the configured shape, as the reference's .npy files."""
+    import numpy as np
+
+    folder = ws.root / "probe_npy"
+    if folder.exists():
+        return folder
+    folder.mkdir()
+    classes, dim, n_train, n_test = ws.sizes.probe_shape
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 1, (classes, dim)).astype(np.float32)
+    for split, n in (("train", n_train), ("val", n_test)):
+        y = rng.permutation(np.repeat(np.arange(classes), n))
+        x = means[y] + rng.normal(0, 2.0, (len(y), dim)).astype(np.float32)
+        np.save(folder / f"embeddings_toy_{split}.npy", x.astype(np.float32))
+        np.save(folder / f"labels_{split}.npy", y)
+    return folder
+
+
+def _probe_reference(folder: Path, seeds: int, label_counts: int, classes: int) -> int:
+    """evaluate_embeddings.py once per seed, as its README loops it: load, standardize, fit."""
+    import numpy as np
+
+    from bench.reference import reference_curve
+
+    fits = 0
+    for seed in range(seeds):
+        data = [np.load(folder / f) for f in ("embeddings_toy_train.npy", "labels_train.npy",
+                                             "embeddings_toy_val.npy", "labels_val.npy")]
+        fits += len(reference_curve(*data, seed=seed, n_labels_end=label_counts * classes))
+    return fits
+
+
+def _probe_ours(ws: Workspace, folder: Path, counter) -> int:
+    from embed.from_npy import main as from_npy_main
+    from probe.__main__ import main as probe_main
+
+    store, out = ws.root / f"probe_{next(counter)}.zarr", ws.root / f"probe_out_{next(counter)}"
+    assert from_npy_main([str(folder), "--encoder", "toy", "--out", str(store)]) == 0
+    assert probe_main([str(store), "--encoder", "toy", "--per-class", f"1-{ws.sizes.label_counts}",
+                       "--seeds", f"0-{ws.sizes.seeds - 1}", "--backend", "sklearn", "--out", str(out)]) == 0
+    return ws.sizes.seeds * ws.sizes.label_counts
+
+
+def bench_probe(ws: Workspace) -> list[Row]:
+    """Fits/s for a whole few-shot curve: the reference script's loop against python -m probe."""
+    folder = _probe_inputs(ws)
+    classes, dim, n_train, n_test = ws.sizes.probe_shape
+    counter = itertools.count()
+    reps = max(1, ws.sizes.repeats - 1)
+    reference = measure(lambda: _probe_reference(folder, ws.sizes.seeds, ws.sizes.label_counts, classes),
+                        reps, warmup=0, unit="fits/s")
+    mine = measure(lambda: _probe_ours(ws, folder, counter), reps, warmup=0, unit="fits/s")
+    settings = {"classes": classes, "dim": dim, "train": classes * n_train, "test": classes * n_test,
+                "seeds": ws.sizes.seeds, "n_per_class": f"1-{ws.sizes.label_counts}"}
+    rows = [Row("probe", f"{classes} classes, D={dim}", "cpu", mine.summary(), reference.summary(),
+                "python -m probe, sklearn (store import included)",
+                "evaluate_embeddings.py per seed, sklearn", settings)]
+    from probe.backends import cuml_available
+    if not cuml_available():
+        rows.append(Row("probe", "cuML backend", "cuda", skipped="cuML cannot run here (no GPU)"))
+    return rows
+
+
+def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
+    """Seconds per stage of ImageFolder -> shards -> embed (train, val) -> probe curve."""
+    import time
+
+    from embed.__main__ import main as embed_main
+    from probe.__main__ import main as probe_main
+    from shard.__main__ import main as shard_main
+
+    i, s = next(counter), ws.sizes
+    out, times = ws.root / f"e2e_{i}", {}
+    t = time.perf_counter()
+    assert shard_main([str(ws.e2e_images), str(out / "shards"), "--workers", str(CORES)]) == 0
+    times["shard"], t = time.perf_counter() - t, time.perf_counter()
+    for split in ("train", "val"):
+        weights = str(ws.checkpoint("vits16_800ep"))
+        assert embed_main([str(out / "shards"), "--split", split, "--encoder", "vits16_800ep",
+                           "--weights", weights, "--out", str(out / "s.zarr")]) == 0
+    times["embed"], t = time.perf_counter() - t, time.perf_counter()
+    assert probe_main([str(out / "s.zarr"), "--encoder", "vits16_800ep", "--per-class",
+                       f"1-{s.label_counts}", "--seeds", f"0-{s.seeds - 1}", "--backend", "sklearn",
+                       "--out", str(out / "probe")]) == 0
+    times["probe"] = time.perf_counter() - t
+    shutil.rmtree(out)
+    return times
+
+
+def _e2e_reference(ws: Workspace) -> dict[str, float]:
+    import time
+
+    from bench.reference import embed_folder, reference_curve, reference_vit
+
+    t = time.perf_counter()
+    model = reference_vit(ws.checkpoint("vits16_800ep"))
+    tx, ty, _ = embed_folder(ws.e2e_images / "train", model)
+    vx, vy, _ = embed_folder(ws.e2e_images / "val", model)
+    embed_s, t = time.perf_counter() - t, time.perf_counter()
+    for seed in range(ws.sizes.seeds):
+        reference_curve(tx, ty, vx, vy, seed=seed, n_labels_end=ws.sizes.label_counts * ws.sizes.classes)
+    return {"embed": embed_s, "probe": time.perf_counter() - t}
+
+
+def bench_e2e(ws: Workspace) -> list[Row]:
+    """Wall time of the whole pipeline, each stage, against the reference scripts in a row."""
+    from bench.harness import Timing
+
+    ws.checkpoint("vits16_800ep")
+    counter = itertools.count()
+    _e2e_ours(ws, counter)  # warm-up: imports, page cache
+    ours = [_e2e_ours(ws, counter) for _ in range(ws.sizes.repeats)]
+    refs = [_e2e_reference(ws) for _ in range(ws.sizes.repeats)]
+    mine = Timing([sum(t.values()) for t in ours], 1, "runs/s")
+    reference = Timing([sum(t.values()) for t in refs], 1, "runs/s")
+    median = lambda runs, k: sorted(r[k] for r in runs)[len(runs) // 2]  # noqa: E731
+    settings = {"images": ws.sizes.classes * (ws.sizes.label_counts + 2 + 4),
+                "ours_seconds": {k: round(median(ours, k), 2) for k in ours[0]},
+                "reference_seconds": {k: round(median(refs, k), 2) for k in refs[0]}}
+    return [Row("e2e", "ImageFolder to few-shot curve", ws.device.type, mine.summary(), reference.summary(),
+                "shard + embed + probe", "compute_embeddings.py + evaluate_embeddings.py", settings)]

@@ -22,14 +22,17 @@ def synthetic_image(label: int, num_classes: int, rng: np.random.Generator,
                     size: tuple[int, int] = (500, 375)) -> Image.Image:
     """One RGB image [h, w, 3] of class `label`: tinted texture plus oriented stripes."""
     w, h = size if rng.random() > 0.2 else size[::-1]
-    hue = label / num_classes
-    base = np.array([np.cos(2 * np.pi * (hue + k / 3)) for k in range(3)]) * 70 + 128  # [3]
+    # classes overlap: a weak class colour under per-image colour noise, jittered stripe angles
+    hue = label / num_classes + rng.normal(0, 0.08)
+    base = np.array([np.cos(2 * np.pi * (hue + k / 3)) for k in range(3)]) * 30 + 128  # [3]
+    base = base + rng.normal(0, 25, 3)
     texture = Image.fromarray(rng.integers(0, 256, (h // 25 + 2, w // 25 + 2, 3), dtype=np.uint8))
     texture = np.asarray(texture.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
     yy, xx = np.mgrid[0:h, 0:w]
-    angle = np.pi * label / num_classes
+    angle = np.pi * (label + rng.normal(0, 0.6)) / num_classes
     stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) / (6 + 2 * (label % 3)))  # [h, w]
-    img = 0.45 * texture + 0.55 * base + 40 * stripes[..., None] + rng.normal(0, 9, (h, w, 3))
+    contrast = rng.uniform(5, 35)
+    img = 0.6 * texture + 0.4 * base + contrast * stripes[..., None] + rng.normal(0, 9, (h, w, 3))
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 

@@ -20,6 +20,7 @@ from embed.encoders import EncoderSpec, build_model
 
 log = logging.getLogger("embed")
 HEAD_PREFIXES = ("fc.", "pred.")  # MSN's projection head and (unused) predictor
+RANDOM_MARK = "msnpipe_random_weights"  # top-level key of checkpoints from save_random_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -83,7 +84,8 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
     if str(weights) == "random":
         log.warning("%s: RANDOM weights (demo/test only); `make weights` fetches the real ones",
                     spec.name)
-        return random_model(spec).eval(), {"weights": "random", "weights_sha256": None}
+        return random_model(spec).eval(), {"weights": "random", "weights_sha256": None,
+                                           "random_weights": True}
     path = Path(weights)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (run `make weights ENCODER={spec.name}`)")
@@ -95,7 +97,12 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)},
                           assign=True)
     log.info("%s: loaded %s (epoch %s)", spec.name, path, ckpt.get("epoch", "?"))
-    return model.eval(), {"weights": str(path.resolve()), "weights_sha256": sha256_file(path)}
+    random = bool(ckpt.get(RANDOM_MARK, False))
+    if random:
+        log.warning("%s: %s holds RANDOM weights (demo/test only); `make weights` fetches the "
+                    "real ones", spec.name, path.name)
+    return model.eval(), {"weights": str(path.resolve()), "weights_sha256": sha256_file(path),
+                          "random_weights": random}
 
 
 def resolve_weights(weights: str, name: str, several: bool) -> str:
@@ -137,6 +144,7 @@ def save_random_checkpoint(path: Path, spec: EncoderSpec, seed: int = 0) -> Path
         "world_size": 16,
         "lr": 0.001,
         "temperature": 0.1,
+        RANDOM_MARK: True,  # not in official files; lets stores say their weights are random
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)

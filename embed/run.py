@@ -199,7 +199,7 @@ def _attrs(spec: EncoderSpec, cfg: Config, info: dict, identity: dict, device: t
     return {
         "encoder": spec.name, "architecture": spec.arch, "spec": spec.describe(), "kind": cfg.kind,
         "weights": info["weights"], "weights_sha256": info["weights_sha256"],
-        "random_weights": info["weights"] == "random", "preprocessing": identity["preprocessing"],
+        "random_weights": info["random_weights"], "preprocessing": identity["preprocessing"],
         "precision": identity["precision"], "device": device_name(device), "batch_size": batch,
         "versions": versions(), "shards": str(split.dir), "shards_manifest_sha256": split.manifest_sha256,
         "num_shards": len(split.shards), "classes": split.classes, "identity": identity,

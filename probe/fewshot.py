@@ -105,8 +105,11 @@ def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> 
             writer.writerow(row)
             f.flush()
             rows.append(row)
-            log.info("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, len(inds), C,
-                     acc, loglik, row["fit_seconds"])
+            log.debug("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, len(inds), C,
+                      acc, loglik, row["fit_seconds"])
+    if rows:
+        log.info("seed %d: %d fits, accuracy %s", seed, len(rows),
+                 " ".join(f"{r['test_acc']:.3f}" for r in rows))
     return rows
 
 

@@ -18,6 +18,9 @@ def ckpt(tmp_path_factory):
 def test_official_layout(ckpt):
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert {"encoder", "target_encoder", "prototypes", "opt", "epoch"} <= set(raw)
+    official = {"encoder", "opt", "prototypes", "target_encoder", "epoch", "loss", "batch_size",
+                "world_size", "lr", "temperature"}
+    assert set(raw) - official == {"msnpipe_random_weights"}
     keys = list(raw["target_encoder"])
     assert all(k.startswith("module.") for k in keys)
     assert {"module.fc.fc1.weight", "module.fc.bn1.running_mean", "module.fc.fc3.weight",
@@ -30,7 +33,7 @@ def test_loads_exactly_the_target_encoder(ckpt, caplog):
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)["target_encoder"]
     for k, v in model.state_dict().items():
         torch.testing.assert_close(v, raw[f"module.{k}"], rtol=0, atol=0)
-    assert len(info["weights_sha256"]) == 64
+    assert len(info["weights_sha256"]) == 64 and info["random_weights"] is True
     assert "ignoring the projection head (fc." in caplog.text
     assert "ignoring batch_size, encoder, epoch" in caplog.text
 
@@ -76,5 +79,5 @@ def test_resolve_weights(tmp_path):
 
 def test_random_weights_are_marked(caplog):
     _, info = load_encoder(get_spec("vits16_800ep"), "random")
-    assert info == {"weights": "random", "weights_sha256": None}
+    assert info == {"weights": "random", "weights_sha256": None, "random_weights": True}
     assert "RANDOM weights" in caplog.text and "make weights" in caplog.text

@@ -64,7 +64,7 @@ def test_store_attributes(store, vits_checkpoint):
     assert (a["architecture"], a["kind"], a["precision"], a["batch_size"]) == (
         "deit_small", "cls_prenorm", "fp32", 5)
     from embed.checkpoint import sha256_file
-    assert a["weights_sha256"] == sha256_file(vits_checkpoint) and a["random_weights"] is False
+    assert a["weights_sha256"] == sha256_file(vits_checkpoint) and a["random_weights"] is True
     assert a["preprocessing"]["resize"] == 256 and a["versions"]["torch"] == torch.__version__
 
 

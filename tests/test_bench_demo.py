@@ -1,0 +1,24 @@
+"""bench.demo at a reduced size: every stage runs through its CLI and leaves its outputs."""
+
+import csv
+
+import pytest
+
+from bench.demo import run_demo
+from embed.store import open_embeddings
+from shard.reader import open_split
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capfd):
+    where = run_demo(tmp_path, classes=3, train=4, val=2, seeds=2, per_class=2)
+    out = capfd.readouterr().out  # the steps are subprocesses writing to fd 1
+    assert "RANDOM weights saved in the official MSN layout" in out and "make weights" in out
+    train = open_split(tmp_path / "shards", "train")
+    assert train.num_samples == 12 and len(train.skipped) == 2  # the two broken files
+    e = open_embeddings(where["store"], "vits16_800ep", "val")
+    assert e.shape == (6, 384) and e.attrs["random_weights"] and e.attrs["drift"]["images"] == 6
+    with open(where["csv"], newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4  # 2 seeds x 2 label counts
+    assert where["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert "| vits16_800ep |" in out
