@@ -43,7 +43,7 @@ class Sizes:
         encoders = ("vits16_800ep", "vitb16_600ep", "vitb4_300ep", "vitl16_600ep", "vitl7_200ep")
         if device.type == "cuda":
             return Sizes(100, 50, 50, 5, encoders, 20, 10, (1000, 1024, 12, 5))
-        return Sizes(20, 16, 100, 3, encoders[:2], 2, 10, (1000, 128, 12, 5))
+        return Sizes(20, 16, 100, 3, encoders[:2], 2, 10, (1000, 64, 12, 5))
 
 
 @dataclass
@@ -140,12 +140,14 @@ def _torchvision_decode(images: Path, workers: int) -> int:
 
 
 def _dali_decode(ws: Workspace, device: torch.device) -> int:
+    import numpy as np
+
     from embed.encoders import Preprocess
     from embed.pipeline import batches
     from shard.reader import open_split
 
     split = open_split(ws.shards, "val")
-    stream = batches(split.tar_paths(), split.idx_paths(), split.num_samples, Preprocess(), 64,
+    stream = batches(split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(), 64,
                      device, threads=CORES)
     return sum(int((b.indices >= 0).sum()) for b in stream)
 

@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--views", type=int, default=0, metavar="K",
+                   help="also embed K augmented views per image into `views` [N, K, D] (default 0)")
+    p.add_argument("--augment", choices=("msn", "simclr", "none"), default="msn",
+                   help="the views' augmentation (see embed/views.py)")
+    p.add_argument("--view-seed", type=int, default=0, help="views are a function of (seed, index, view)")
     a = p.parse_args(argv)
     names = tuple(n.strip() for n in a.encoder.split(",") if n.strip())
     try:
@@ -68,8 +73,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     except KeyError as e:
         p.error(e.args[0])
     extra = {"threads": a.threads} if a.threads else {}
+    if a.views < 0:
+        p.error("--views: a whole number >= 0")
     return Config(a.shards, a.split, names, a.weights, a.out, a.kind, a.precision, a.compile,
-                  a.batch_size, a.device, a.check_drift, a.dtype, **extra)
+                  a.batch_size, a.device, a.check_drift, a.dtype, views=a.views, augment=a.augment,
+                  view_seed=a.view_seed, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:

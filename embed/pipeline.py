@@ -14,7 +14,7 @@ so rows are written by index, never by arrival order.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +25,21 @@ from embed.encoders import Preprocess
 
 @dataclass(frozen=True)
 class Batch:
-    """images [B, 3, H, W] float32 (on the model's device) and their sample indices [B]."""
+    """images [B, 3, H, W] float32 (on the model's device), their sample indices [B] (-1 for
+    padding), and K augmented views of each, K tensors [B, 3, H, W] (empty without --views)."""
 
     images: torch.Tensor
     indices: np.ndarray
+    views: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Views:
+    """K views per sample with one augmentation (embed.views) and a seed."""
+
+    k: int
+    augment: str
+    seed: int
 
 
 def _round_half_even_of_half(d):
@@ -60,9 +71,15 @@ def _resize_crop_normalize(jpg, images, pre: Preprocess):
 
 
 def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_size: int,
-                   device_id: int | None, threads: int):
-    """A DALI pipeline over `tars` yielding (images, source_info) batches, last batch padded."""
+                   device_id: int | None, threads: int, order: np.ndarray | None = None,
+                   views: Views | None = None):
+    """A DALI pipeline over `tars` yielding (images, source_info, *views) batches, last batch
+    padded. Views need `order`, the sample indices in reading order, to draw their parameters."""
     from nvidia.dali import fn, pipeline_def, types
+
+    from embed.views import AUGMENTS, augmented, params_source
+
+    aug = AUGMENTS[views.augment] if views else None
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
                   prefetch_queue_depth=2, exec_dynamic=True)
@@ -73,7 +90,12 @@ def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_si
         info = fn.get_property(jpg, key="source_info")
         images = fn.decoders.image(jpg, device="cpu" if device_id is None else "mixed",
                                    output_type=types.RGB, adjust_orientation=False)
-        return _resize_crop_normalize(jpg, images, pre), info
+        outputs = [_resize_crop_normalize(jpg, images, pre), info]
+        for v in range(views.k if aug else 0):
+            params = fn.external_source(params_source(order, batch_size, views.seed, v, aug),
+                                        batch=True, batch_info=True, dtype=types.FLOAT)
+            outputs.append(augmented(jpg, images, params, pre))
+        return tuple(outputs)
 
     p = pipe()
     p.build()
@@ -98,18 +120,25 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
 
 
-def batches(tars: list[Path], idxs: list[Path], num_samples: int, pre: Preprocess,
-            batch_size: int, device: torch.device, threads: int) -> Iterator[Batch]:
-    """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
-    if num_samples == 0:
+def batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+            batch_size: int, device: torch.device, threads: int,
+            views: Views | None = None) -> Iterator[Batch]:
+    """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1.
+    `order` is the sample indices the tars hold, in order; the keys read are checked against it."""
+    if len(order) == 0:
         return
     device_id = (device.index or 0) if device.type == "cuda" else None
-    pipe = build_pipeline(tars, idxs, pre, batch_size, device_id, threads)
-    seen = 0
-    while seen < num_samples:
-        images, info = pipe.run()
+    pipe = build_pipeline(tars, idxs, pre, batch_size, device_id, threads, order, views)
+    for start in range(0, len(order), batch_size):
+        images, info, *view_lists = pipe.run()
         indices = np.array([key_of(np.asarray(t)) for t in info], dtype=np.int64)
-        real = min(batch_size, num_samples - seen)
+        real = min(batch_size, len(order) - start)
+        if not np.array_equal(indices[:real], order[start : start + real]):
+            raise RuntimeError(f"DALI read samples {indices[:real].tolist()[:4]}..., expected "
+                               f"{order[start : start + 4].tolist()}...: shards and manifest disagree")
         indices[real:] = -1  # DALI repeats the last sample to fill the batch
-        seen += real
-        yield Batch(_to_torch(images, device), indices)
+        tensors = [_to_torch(v, device) for v in view_lists]
+        if views and not view_lists:  # augment none: K copies of the center crop
+            tensors = [None] * views.k
+        base = _to_torch(images, device)
+        yield Batch(base, indices, [base if t is None else t for t in tensors])

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from embed import store
 from embed.checkpoint import load_encoder, resolve_weights
 from embed.encoders import Embedder, EncoderSpec, get_spec
-from embed.pipeline import batches
+from embed.pipeline import Views, batches
 from shard.reader import Split, open_split
 
 log = logging.getLogger("embed")
@@ -48,6 +48,9 @@ class Config:
     device: str = "auto"           # auto | cpu | cuda | cuda:N
     check_drift: int = 0           # embed the first K images also in fp32 eager
     dtype: str = "float32"         # float32 | float16 rows
+    views: int = 0                 # K augmented views per image (0: none), stored as `views`
+    augment: str = "msn"           # msn | simclr | none (see embed.views)
+    view_seed: int = 0
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
@@ -121,7 +124,9 @@ class Target:
         self.compiled = use_compile
         self.model = torch.compile(self.eager, dynamic=False) if use_compile else self.eager
         self.chunk = 1 << 30  # micro-batch size; halves on CUDA out-of-memory
+        self.k = cfg.views
         self.pending: dict[int, np.ndarray] = {}  # shard -> rows [n, D]
+        self.pending_views: dict[int, np.ndarray] = {}  # shard -> rows [n, K, D]
         self.filled: dict[int, int] = {}
         self.drift_left, self.drift_cos = cfg.check_drift, []
         self.done = store.done_shards(group)
@@ -150,21 +155,24 @@ class Target:
         self.drift_cos += torch.nn.functional.cosine_similarity(rows[:take], ref, dim=1).tolist()
         self.drift_left -= take
 
-    def consume(self, rows: np.ndarray, indices: np.ndarray) -> None:
-        """Buffer rows [B, D] by sample index; write every shard that became whole."""
+    def consume(self, rows: np.ndarray, indices: np.ndarray, views: np.ndarray | None = None) -> None:
+        """Buffer rows [B, D] (and views [B, K, D]) by sample index; write each shard made whole."""
         k = self.split.samples_per_shard
-        for row, index in zip(rows, indices):
+        for j, index in enumerate(indices):
             if index < 0:
                 continue  # padding
             s = int(index) // k
             if self.done[s]:
                 continue
-            buf = self.pending.setdefault(s, np.empty((self.split.shards[s].num_samples, len(row)),
-                                                      dtype=np.float32))
-            buf[index - s * k] = row
+            n = self.split.shards[s].num_samples
+            buf = self.pending.setdefault(s, np.empty((n, rows.shape[1]), dtype=np.float32))
+            buf[index - s * k] = rows[j]
+            if views is not None:
+                vbuf = self.pending_views.setdefault(s, np.empty((n, *views.shape[1:]), np.float32))
+                vbuf[index - s * k] = views[j]
             self.filled[s] = self.filled.get(s, 0) + 1
-            if self.filled[s] == len(buf):
-                store.write_rows(self.group, s, s * k, self.pending.pop(s))
+            if self.filled[s] == n:
+                store.write_rows(self.group, s, s * k, self.pending.pop(s), self.pending_views.pop(s, None))
                 del self.filled[s]
                 self.done[s] = True
 
@@ -191,6 +199,7 @@ def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, 
         "weights_sha256": weights_info["weights_sha256"] or "random", "kind": cfg.kind,
         "preprocessing": asdict(spec.preprocess), "precision": precision, "dtype": cfg.dtype,
         "num_samples": split.num_samples,
+        "views": {"k": cfg.views, "augment": cfg.augment, "seed": cfg.view_seed} if cfg.views else None,
     }))
 
 
@@ -219,7 +228,7 @@ def prepare_target(name: str, cfg: Config, split: Split, device: torch.device, p
                                f"settings ({'; '.join(diff)}); use another --out or remove it")
     if group is None and dist.rank == 0:
         layout = store.Layout(split.num_samples, spec.dim, split.samples_per_shard,
-                              len(split.shards), cfg.dtype)
+                              len(split.shards), cfg.dtype, cfg.views)
         group = store.create_group(cfg.out, name, split.name, layout, split.labels(),
                                    split.paths(), {"identity": identity})
     dist.barrier()
@@ -230,10 +239,12 @@ def prepare_target(name: str, cfg: Config, split: Split, device: torch.device, p
 def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config,
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings."""
-    n = sum(split.shards[i].num_samples for i in shard_ids)
+    order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
+    n = len(order)
     dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))
+    views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     stream = batches([split.tar_paths()[i] for i in shard_ids], [split.idx_paths()[i] for i in shard_ids],
-                     n, targets[0].spec.preprocess, batch, device, dali_threads)
+                     order, targets[0].spec.preprocess, batch, device, dali_threads, views)
     wait = compute = 0.0
     bar = tqdm(total=n, desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
@@ -242,10 +253,13 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
         real = int((b.indices >= 0).sum())
         for target in targets:
             # a compiled graph wants the padded fixed-size batch; eager skips the padding
-            x = b.images if target.compiled else b.images[:real]
-            rows = target.forward(x)  # [B, D]
-            target.drift(x, rows, real)
-            target.consume(rows.cpu().numpy(), b.indices[: len(rows)])
+            keep = len(b.indices) if target.compiled else real
+            rows = target.forward(b.images[:keep])  # [B, D]
+            target.drift(b.images[:keep], rows, real)
+            view_rows = None
+            if b.views:  # [B, K, D]
+                view_rows = torch.stack([target.forward(v[:keep]) for v in b.views], 1).cpu().numpy()
+            target.consume(rows.cpu().numpy(), b.indices[:keep], view_rows)
         t2 = time.perf_counter()
         wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
         bar.update(real)

@@ -1,6 +1,7 @@
 """The embedding store: one Zarr (format 3) group per encoder and split.
 
     STORE/<encoder>/<split>/embeddings   float32 [N, D] (float16 on request); row i = sample i
+    STORE/<encoder>/<split>/views        float32 [N, K, D], K augmented views (with --views K)
     STORE/<encoder>/<split>/labels       int32 [N]
     STORE/<encoder>/<split>/paths        str [N], source path relative to the split folder
     STORE/<encoder>/<split>/shards_done  bool [S], one chunk per shard: set once its rows are written
@@ -41,6 +42,7 @@ class Layout:
     samples_per_shard: int
     num_shards: int
     dtype: str = "float32"
+    views: int = 0  # K augmented views per sample (0: no views array)
 
 
 def _open_root(store: Path | str, mode: str) -> zarr.Group:
@@ -55,6 +57,9 @@ def create_group(store: Path | str, encoder: str, split: str, layout: Layout,
     n, k = layout.num_samples, max(1, layout.samples_per_shard)
     g.create_array("embeddings", shape=(n, layout.dim), chunks=(k, layout.dim),
                    dtype=layout.dtype, fill_value=np.nan, overwrite=True)
+    if layout.views:
+        g.create_array("views", shape=(n, layout.views, layout.dim), chunks=(k, layout.views, layout.dim),
+                       dtype=layout.dtype, fill_value=np.nan, overwrite=True)
     g.create_array("labels", shape=(n,), chunks=(k,), dtype="int32", overwrite=True)[:] = labels
     g.create_array("paths", shape=(n,), chunks=(k,), dtype=str, overwrite=True)[:] = np.array(
         paths, dtype=str)
@@ -84,9 +89,12 @@ def done_shards(group: zarr.Group) -> np.ndarray:
     return np.asarray(group["shards_done"][:])
 
 
-def write_rows(group: zarr.Group, shard: int, start: int, rows: np.ndarray) -> None:
-    """Write a whole shard's rows [n, D], then mark the shard done."""
+def write_rows(group: zarr.Group, shard: int, start: int, rows: np.ndarray,
+               views: np.ndarray | None = None) -> None:
+    """Write a whole shard's rows [n, D] (and views [n, K, D]), then mark the shard done."""
     group["embeddings"][start : start + len(rows)] = rows.astype(group["embeddings"].dtype)
+    if views is not None:
+        group["views"][start : start + len(views)] = views.astype(group["views"].dtype)
     group["shards_done"][shard] = True
 
 
@@ -110,6 +118,11 @@ class EmbeddingSet:
     def embeddings(self) -> zarr.Array:
         """[N, D] rows, read lazily: slice it (`e.embeddings[a:b]`)."""
         return self.group["embeddings"]
+
+    @property
+    def views(self) -> zarr.Array | None:
+        """[N, K, D] embeddings of K augmented views (stores made with --views K), else None."""
+        return self.group["views"] if "views" in self.group else None
 
     @property
     def labels(self) -> np.ndarray:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: cuML when it can run (GPU), else scikit-learn")
+    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+                   help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
     p.add_argument("--seed-layout", action="store_true",
                    help="also write the reference's <encoder>/testing_seedNN.csv files")
     a = p.parse_args(argv)
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("probe").setLevel(logging.INFO)
     a = parse_args(argv)
     try:
-        proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend))
+        proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs))
         train = open_embeddings(a.store, a.encoder, a.train_split)
         test = open_embeddings(a.store, a.encoder, a.test_split)
         sampler = ClassSampler(train.labels, train.attrs.get("classes"))

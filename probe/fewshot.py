@@ -36,6 +36,7 @@ class Protocol:
     Cs: tuple[float, ...] = (1.0,)
     max_iter: int = 1000
     backend: str = "sklearn"
+    jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn)
 
 
 def draws(sampler: ClassSampler, seed: int, per_class: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
@@ -81,6 +82,18 @@ def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np
     return rows
 
 
+def _fit_score(backend: str, x: np.ndarray, y: np.ndarray, test: Standardized, C: float,
+               max_iter: int, threads: int | None) -> tuple[float, float, float]:
+    """(accuracy, log-likelihood, seconds) of one fit; `threads` caps BLAS threads in a worker."""
+    from threadpoolctl import threadpool_limits
+
+    t = time.perf_counter()
+    with threadpool_limits(threads):
+        probs, classes = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter)
+    acc, loglik = score(probs, classes, test.y)
+    return acc, loglik, round(time.perf_counter() - t, 4)
+
+
 def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> list[dict]:
     todo = [(n, inds) for n, inds in draws(sampler, seed, proto.per_class)
             if any((train.encoder, seed, n, C) not in skip for C in proto.Cs)]
@@ -89,28 +102,36 @@ def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> 
     union = np.concatenate([inds for _, inds in todo])
     x_all = read_rows(train, union, mean, std)  # [sum n*K, D], one read per seed
     y_all = train.labels[union]
-    rows, offset = [], 0
+    tasks, offset = [], 0
     for n, inds in todo:
         x, y = x_all[offset : offset + len(inds)], y_all[offset : offset + len(inds)]
         offset += len(inds)
-        for C in proto.Cs:
-            if (train.encoder, seed, n, C) in skip:
-                continue
-            t = time.perf_counter()
-            probs, classes = fit_predict(proto.backend, x, y, test.x, C=C, max_iter=proto.max_iter)
-            acc, loglik = score(probs, classes, test.y)
-            row = {"encoder": train.encoder, "seed": seed, "n_per_class": n, "n_labels": len(inds),
-                   "test_acc": acc, "test_loglik": loglik, "C": C, "backend": proto.backend,
-                   "fit_seconds": round(time.perf_counter() - t, 4)}
-            writer.writerow(row)
-            f.flush()
-            rows.append(row)
-            log.debug("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, len(inds), C,
-                      acc, loglik, row["fit_seconds"])
-    if rows:
-        log.info("seed %d: %d fits, accuracy %s", seed, len(rows),
-                 " ".join(f"{r['test_acc']:.3f}" for r in rows))
+        tasks += [(n, len(inds), C, x, y) for C in proto.Cs if (train.encoder, seed, n, C) not in skip]
+    rows = []
+    for (n, n_labels, C, _, _), (acc, loglik, secs) in zip(tasks, _fits(tasks, test, proto)):
+        row = {"encoder": train.encoder, "seed": seed, "n_per_class": n, "n_labels": n_labels,
+               "test_acc": acc, "test_loglik": loglik, "C": C, "backend": proto.backend,
+               "fit_seconds": secs}
+        writer.writerow(row)
+        f.flush()
+        rows.append(row)
+        log.debug("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, n_labels, C,
+                  acc, loglik, secs)
+    log.info("seed %d: %d fits, accuracy %s", seed, len(rows), " ".join(f"{r['test_acc']:.3f}" for r in rows))
     return rows
+
+
+def _fits(tasks: list[tuple], test: Standardized, proto: Protocol):
+    """Results of the tasks in order, as they finish: in this process, or `jobs` workers."""
+    if proto.jobs <= 1 or proto.backend != "sklearn" or len(tasks) == 1:
+        for _, _, C, x, y in tasks:
+            yield _fit_score(proto.backend, x, y, test, C, proto.max_iter, None)
+        return
+    from joblib import Parallel, delayed
+
+    run = Parallel(n_jobs=proto.jobs, return_as="generator")
+    yield from run(delayed(_fit_score)(proto.backend, x, y, test, C, proto.max_iter, 1)
+                   for _, _, C, x, y in tasks)
 
 
 def write_seed_layout(csv_path: Path, out: Path) -> list[Path]:

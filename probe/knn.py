@@ -26,26 +26,37 @@ KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
 
 
-def _normalized_blocks(e: EmbeddingSet, device: torch.device, rows: int):
+def _blocks(e: EmbeddingSet, device: torch.device, rows: int, metric: str = "cosine",
+            shift: torch.Tensor | None = None):
+    """(start, train block [b, D]) prepared for `metric`: shifted, then L2-normalized for cosine."""
     for start, block in e.row_blocks(rows):
         x = torch.from_numpy(block).to(device)
-        yield start, torch.nn.functional.normalize(x, dim=1)  # [b, D]
+        if shift is not None:
+            x = x - shift
+        yield start, (torch.nn.functional.normalize(x, dim=1) if metric == "cosine" else x)
 
 
-def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *,
-                   block_rows: int = 16384, query_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
-    """(similarities [Q, k], train indices [Q, k]) of the k most similar train rows per query."""
+def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *, metric: str = "cosine",
+                   shift: torch.Tensor | None = None, block_rows: int = 16384,
+                   query_rows: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores [Q, k], train indices [Q, k]) of the k nearest train rows per query, in one pass.
+
+    metric "cosine": queries must be L2-normalized, score = cosine similarity; "euclidean":
+    score = 2 q.t - ||t||^2, which orders rows as -||q - t||^2 does. `shift` is subtracted
+    from train rows first (queries must be shifted by the caller)."""
     q_n = len(queries)
     k = min(max_k, train.shape[0])
     best_s = torch.full((q_n, k), -torch.inf, device=queries.device)
     best_i = torch.zeros((q_n, k), dtype=torch.long, device=queries.device)
-    for start, block in _normalized_blocks(train, queries.device, block_rows):
+    for start, block in _blocks(train, queries.device, block_rows, metric, shift):
+        sq = (block * block).sum(1) if metric == "euclidean" else None  # [b]
         for q0 in range(0, q_n, query_rows):
             sims = queries[q0 : q0 + query_rows] @ block.T  # [q, b]
+            if sq is not None:
+                sims = 2 * sims - sq
             s = torch.cat([best_s[q0 : q0 + query_rows], sims], dim=1)
-            i = torch.cat([best_i[q0 : q0 + query_rows],
-                           torch.arange(start, start + len(block), device=queries.device).expand_as(sims)],
-                          dim=1)
+            ids = torch.arange(start, start + len(block), device=queries.device).expand_as(sims)
+            i = torch.cat([best_i[q0 : q0 + query_rows], ids], dim=1)
             top = s.topk(k, dim=1)
             best_s[q0 : q0 + query_rows], best_i[q0 : q0 + query_rows] = top.values, i.gather(1, top.indices)
     return best_s, best_i
@@ -67,7 +78,7 @@ def knn_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: tor
 def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], temperature: float,
              device: torch.device) -> list[dict]:
     """Top-1/top-5 for every k."""
-    queries = torch.cat([b for _, b in _normalized_blocks(test, device, 65536)])  # [Q, D]
+    queries = torch.cat([b for _, b in _blocks(test, device, 65536)])  # [Q, D], normalized
     sims, idx = top_neighbours(train, queries, max(ks))
     train_labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
     labels = torch.from_numpy(test.labels.astype(np.int64)).to(device)

@@ -18,7 +18,7 @@ def split(embed_shards):
 
 
 def _all(split, batch):
-    return list(batches(split.tar_paths(), split.idx_paths(), split.num_samples, Preprocess(),
+    return list(batches(split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(),
                         batch, torch.device("cpu"), threads=1))
 
 

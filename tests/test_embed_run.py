@@ -210,3 +210,51 @@ def test_gpu_fp32_eager_matches_the_reference(embed_shards, vits_checkpoint, ref
                  "--no-compile", "--batch-size", "8"]) == 0
     rows = np.asarray(open_embeddings(out, "vits16_800ep", "val").embeddings[:])
     assert cosines(rows, reference_rows).min() >= 0.99
+
+
+def _views(out):
+    return np.asarray(open_embeddings(out, "tiny_a", "val").views[:])
+
+
+def test_views_are_reproducible_across_batch_sizes(embed_shards, tiny_encoders, tmp_path):
+    _run(embed_shards, tmp_path / "b4.zarr", ["tiny_a"], views=3, view_seed=5)
+    from embed.run import Config, run
+    run(Config(embed_shards, "val", ("tiny_a",), "random", tmp_path / "b7.zarr", batch_size=7,
+               threads=2, views=3, view_seed=5))
+    a, b = _views(tmp_path / "b4.zarr"), _views(tmp_path / "b7.zarr")
+    assert a.shape == (17, 3, 32) and np.isfinite(a).all()
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    plain = np.asarray(open_embeddings(tmp_path / "b4.zarr", "tiny_a", "val").embeddings[:])
+    assert np.abs(a[:, 0] - a[:, 1]).max() > 1e-2 and np.abs(a[:, 0] - plain).max() > 1e-2
+    _run(embed_shards, tmp_path / "s6.zarr", ["tiny_a"], views=3, view_seed=6)
+    assert np.abs(_views(tmp_path / "s6.zarr") - a).max() > 1e-2  # another seed, other views
+
+
+def test_augment_none_views_are_the_center_crop(embed_shards, tiny_encoders, tmp_path):
+    _run(embed_shards, tmp_path / "n.zarr", ["tiny_a"], views=2, augment="none")
+    e = open_embeddings(tmp_path / "n.zarr", "tiny_a", "val")
+    v, plain = np.asarray(e.views[:]), np.asarray(e.embeddings[:])
+    np.testing.assert_allclose(v[:, 0], plain, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(v[:, 1], plain, rtol=1e-5, atol=1e-5)
+
+
+def test_views_settings_are_part_of_the_identity(embed_shards, tiny_encoders, tmp_path):
+    from embed.store import StoreError
+    _run(embed_shards, tmp_path / "v.zarr", ["tiny_a"], views=2, view_seed=1)
+    with pytest.raises(StoreError, match="views"):
+        _run(embed_shards, tmp_path / "v.zarr", ["tiny_a"], views=2, view_seed=2)
+
+
+@pytest.mark.slow
+def test_views_with_torchrun_two_processes_equal_one(embed_shards, tmp_path):
+    base = ["--split", "val", "--encoder", "vits16_800ep", "--weights", "random", "--batch-size", "3",
+            "--threads", "1", "--views", "2", "--view-seed", "9", "--device", "cpu"]
+    one = [sys.executable, "-m", "embed", str(embed_shards), *base, "--out", str(tmp_path / "1.zarr")]
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
+           "-m", "embed", str(embed_shards), *base, "--out", str(tmp_path / "2.zarr")]
+    for cmd in (one, two):
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a = np.asarray(open_embeddings(tmp_path / "1.zarr", "vits16_800ep", "val").views[:])
+    b = np.asarray(open_embeddings(tmp_path / "2.zarr", "vits16_800ep", "val").views[:])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

@@ -104,3 +104,11 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
         assert "toy/val is incomplete" in caplog.text
     finally:
         open_group(store, "toy", "val", mode="a").attrs.update({"complete": True})
+
+
+def test_parallel_fits_give_the_same_rows(store, tmp_path):
+    args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend", "sklearn"]
+    assert main([*args, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]  # noqa: E731
+    assert drop(read_csv(tmp_path / "one" / "fewshot.csv")) == drop(read_csv(tmp_path / "two" / "fewshot.csv"))
