@@ -111,4 +111,5 @@ def test_parallel_fits_give_the_same_rows(store, tmp_path):
     assert main([*args, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     drop = lambda rows: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]  # noqa: E731
-    assert drop(read_csv(tmp_path / "one" / "fewshot.csv")) == drop(read_csv(tmp_path / "two" / "fewshot.csv"))
+    one, two = (read_csv(tmp_path / d / "fewshot.csv") for d in ("one", "two"))
+    assert drop(one) == drop(two)
