@@ -37,9 +37,9 @@ def import_split(folder: Path, encoder: str, split: str, out: Path) -> tuple[int
     if not labels_path.exists():
         raise store.StoreError(f"{labels_path}: missing (needed beside the embeddings)")
     labels = np.load(labels_path)
-    if rows.ndim != 2 or labels.shape != (len(rows),):
+    if rows.ndim != 2 or labels.ndim not in (1, 2) or len(labels) != len(rows):
         raise store.StoreError(f"{folder}: embeddings {rows.shape} and labels {labels.shape} "
-                               f"of split {split} do not match (expected [N, D] and [N])")
+                               f"of split {split} do not match (expected [N, D] and [N] or [N, C])")
     paths_file = folder / f"filepaths_{split}.txt"
     paths = paths_file.read_text(encoding="utf-8").splitlines() if paths_file.exists() else [""] * len(rows)
     if len(paths) != len(rows):
@@ -48,7 +48,8 @@ def import_split(folder: Path, encoder: str, split: str, out: Path) -> tuple[int
     layout = store.Layout(n, d, ROWS_PER_CHUNK, store.num_shards(n, ROWS_PER_CHUNK))
     attrs = {"encoder": encoder, "kind": "cls_prenorm", "imported_from": str(folder.resolve()),
              "identity": {"encoder": encoder, "imported_from": str(folder.resolve())}}
-    g = store.create_group(out, encoder, split, layout, labels.astype(np.int32), paths, attrs)
+    labels = labels.astype(np.int32 if labels.ndim == 1 else np.int8)
+    g = store.create_group(out, encoder, split, layout, labels, paths, attrs)
     for s in range(layout.num_shards):
         lo = s * ROWS_PER_CHUNK
         store.write_rows(g, s, lo, np.asarray(rows[lo : lo + ROWS_PER_CHUNK], dtype=np.float32))

@@ -2,7 +2,7 @@
 
     STORE/<encoder>/<split>/embeddings   float32 [N, D] (float16 on request); row i = sample i
     STORE/<encoder>/<split>/views        float32 [N, K, D], K augmented views (with --views K)
-    STORE/<encoder>/<split>/labels       int32 [N]
+    STORE/<encoder>/<split>/labels       int32 [N] (multi-label splits: int8 multi-hot [N, C])
     STORE/<encoder>/<split>/paths        str [N], source path relative to the split folder
     STORE/<encoder>/<split>/shards_done  bool [S], one chunk per shard: set once its rows are written
     attributes: encoder, architecture, kind, weights and sha256, preprocessing, precision,
@@ -60,7 +60,9 @@ def create_group(store: Path | str, encoder: str, split: str, layout: Layout,
     if layout.views:
         g.create_array("views", shape=(n, layout.views, layout.dim), chunks=(k, layout.views, layout.dim),
                        dtype=layout.dtype, fill_value=np.nan, overwrite=True)
-    g.create_array("labels", shape=(n,), chunks=(k,), dtype="int32", overwrite=True)[:] = labels
+    dtype = "int32" if labels.ndim == 1 else "int8"  # multi-label: multi-hot [N, C]
+    g.create_array("labels", shape=labels.shape, chunks=(k, *labels.shape[1:]), dtype=dtype,
+                   overwrite=True)[:] = labels
     g.create_array("paths", shape=(n,), chunks=(k,), dtype=str, overwrite=True)[:] = np.array(
         paths, dtype=str)
     g.create_array("shards_done", shape=(layout.num_shards,), chunks=(1,), dtype=bool,
@@ -126,7 +128,7 @@ class EmbeddingSet:
 
     @property
     def labels(self) -> np.ndarray:
-        """[N] int32 class indices."""
+        """[N] int32 class indices, or [N, C] int8 multi-hot for a multi-label split."""
         return np.asarray(self.group["labels"][:])
 
     @property

@@ -25,6 +25,7 @@ from embed.store import StoreError, open_embeddings
 from probe.backends import BACKENDS, resolve
 from probe.data import ClassSampler, load_standardized, mean_std
 from probe.fewshot import Protocol, run_curve, write_seed_layout
+from probe.multilabel import run_multilabel
 
 log = logging.getLogger("probe")
 
@@ -69,6 +70,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: cuML when it can run (GPU), else scikit-learn")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
+    p.add_argument("--multilabel", action="store_true",
+                   help="multi-hot labels: one-vs-rest fits on the whole train split, mAP (VOC07)")
     p.add_argument("--seed-layout", action="store_true",
                    help="also write the reference's <encoder>/testing_seedNN.csv files")
     a = p.parse_args(argv)
@@ -86,6 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs))
         train = open_embeddings(a.store, a.encoder, a.train_split)
         test = open_embeddings(a.store, a.encoder, a.test_split)
+        if a.multilabel:
+            a.out.mkdir(parents=True, exist_ok=True)
+            run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out)
+            return 0
+        if train.labels.ndim != 1:
+            raise ValueError(f"{a.encoder}/{a.train_split} has multi-hot labels: use --multilabel")
         sampler = ClassSampler(train.labels, train.attrs.get("classes"))
         sampler.check(max(proto.per_class), a.train_split)
     except (StoreError, ValueError, RuntimeError) as e:

@@ -4,6 +4,7 @@
     python -m shard /data/imagenet out/shards --splits val        # only some splits
     python -m shard /data/pets out/shards --split train           # SRC is a class-folder tree
     python -m shard /data/imagenet out/shards --workers 8 --samples-per-shard 1000
+    python -m shard /data/voc07 out/shards --split trainval --labels trainval.tsv  # multi-label
 
 A killed run, started again with the same command, finishes the job; a finished split
 is left alone. See README.md for the output format.
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from shard.build import Settings, StrictError, report, shard_split
-from shard.scan import ScanError, check_same_classes, find_classes, resolve_splits
+from shard.scan import ScanError, check_same_classes, find_classes, read_label_list, resolve_splits
 
 log = logging.getLogger("shard")
 
@@ -45,6 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("out", type=Path, help="output folder; split S goes to OUT/S/")
     p.add_argument("--split", help="SRC is itself one class-folder tree; name the split")
     p.add_argument("--splits", help="comma-separated split folders of SRC (default: train,val found)")
+    p.add_argument("--labels", type=Path, default=None,
+                   help="multi-label list file (path<TAB>label,label per line, paths relative to "
+                        "SRC); needs --split")
     p.add_argument("--samples-per-shard", type=_positive, default=1000, help="default 1000")
     p.add_argument("--workers", type=_positive, default=len(os.sched_getaffinity(0)),
                    help="decoding processes (default: all cores)")
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.split and args.splits:
         p.error("give --split (SRC is one split) or --splits (SRC holds split folders), not both")
+    if args.labels and not args.split:
+        p.error("--labels needs --split NAME (the list's paths are relative to SRC)")
     return args
 
 
@@ -67,12 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings(args.samples_per_shard, args.quality, args.max_side)
     try:
         splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
-        classes = {name: find_classes(d) for name, d in splits.items()}
+        listed = None
+        if args.labels:
+            names, listed = read_label_list(args.labels)
+            classes = {args.split: names}
+        else:
+            classes = {name: find_classes(d) for name, d in splits.items()}
         check_same_classes(classes)
-        log.info("splits %s, %d classes, settings %s, %d workers",
-                 ", ".join(splits), len(next(iter(classes.values()))), settings, args.workers)
+        log.info("splits %s, %d classes%s, settings %s, %d workers", ", ".join(splits),
+                 len(next(iter(classes.values()))), " (multi-label)" if listed else "", settings,
+                 args.workers)
         summaries = [
-            shard_split(name, d, args.out, classes[name], settings, args.workers, args.strict)
+            shard_split(name, d, args.out, classes[name], settings, args.workers, args.strict, listed)
             for name, d in splits.items()
         ]
     except (ScanError, StrictError, ValueError, RuntimeError) as e:

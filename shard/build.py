@@ -170,7 +170,7 @@ class ShardJob:
     tar_path: Path
     keys: list[str]
     sources: list[str]
-    labels: list[int]
+    labels: list[int | str]
     verdicts: list[Verdict]
     quality: int
     max_side: int | None
@@ -316,9 +316,10 @@ def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) ->
 
 def shard_split(
     name: str, split_dir: Path, out: Path, classes: list[str], settings: Settings,
-    workers: int, strict: bool = False,
+    workers: int, strict: bool = False, listed: list[Candidate] | None = None,
 ) -> Summary:
-    """Validate and shard one split into `out/name`, resuming whatever an earlier run left."""
+    """Validate and shard one split into `out/name`, resuming whatever an earlier run left.
+    `listed` gives the samples of a multi-label list file instead of the class folders."""
     t0 = time.perf_counter()
     dest = out / name
     if (dest / MANIFEST).exists():
@@ -333,7 +334,7 @@ def shard_split(
     with _lock(work):
         _check_settings(work / "settings.json", settings, "an unfinished run")
         write_atomic(work / "settings.json", json.dumps({"settings": asdict(settings)}).encode())
-        cands = list_candidates(split_dir, classes)
+        cands = listed if listed is not None else list_candidates(split_dir, classes)
         verdicts = validate(split_dir, cands, work, settings.max_side, workers)
         if strict:
             _strict_check(name, cands, verdicts)
@@ -341,6 +342,7 @@ def shard_split(
         jobs = plan_shards(name, dest, split_dir, kept, settings)
         files = write_shards(jobs, work, workers, name)
         manifest = _manifest(name, classes, settings, jobs, files, cands, verdicts)
+        manifest["multilabel"] = listed is not None
         write_atomic(dest / SAMPLES, _samples_tsv(kept))
         write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     shutil.rmtree(work)

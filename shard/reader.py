@@ -54,6 +54,7 @@ class Split:
     skipped: list[dict] = field(default_factory=list)
     repaired: list[dict] = field(default_factory=list)
     manifest_sha256: str = ""
+    multilabel: bool = False
 
     def tar_paths(self) -> list[Path]:
         """Absolute paths of the tars, in shard order."""
@@ -73,8 +74,19 @@ class Split:
         return f"{index:0{self.key_digits}d}"
 
     def labels(self) -> np.ndarray:
-        """Class index of every sample, `[N]` int32, from samples.tsv."""
-        return np.array([int(row[1]) for row in _read_tsv(self.dir)], dtype=np.int32)
+        """Class index of every sample, `[N]` int32; for a multi-label split, multi-hot `[N, C]`
+        int8. From samples.tsv."""
+        texts = self.label_texts()
+        if not self.multilabel:
+            return np.array([int(t) for t in texts], dtype=np.int32)
+        hot = np.zeros((len(texts), len(self.classes)), dtype=np.int8)
+        for i, t in enumerate(texts):
+            hot[i, [int(x) for x in t.split(",")]] = 1
+        return hot
+
+    def label_texts(self) -> list[str]:
+        """The label column of samples.tsv as written in `<key>.cls` ("17", or "3,17")."""
+        return [row[1] for row in _read_tsv(self.dir)]
 
     def paths(self) -> list[str]:
         """Source path (relative to the split folder) of every sample, from samples.tsv."""
@@ -115,6 +127,7 @@ def open_split(root: Path | str, name: str) -> Split:
         skipped=m["skipped"],
         repaired=m["repaired"],
         manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        multilabel=m.get("multilabel", False),
     )
 
 

@@ -24,10 +24,11 @@ class ScanError(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One image file found under a split: path relative to the split folder, class index."""
+    """One image file of a split: path relative to the split folder, and its class index, or
+    for a multi-label split its sorted class indices joined by commas ("3,17")."""
 
     path: str
-    label: int
+    label: int | str
 
 
 def _visible(name: str) -> bool:
@@ -99,3 +100,25 @@ def _few(names: list[str], limit: int = 5) -> str:
         return "none"
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return ", ".join(names[:limit]) + more
+
+
+def read_label_list(list_file: Path) -> tuple[list[str], list[Candidate]]:
+    """A multi-label list (`path<TAB>label,label,...` per line; blank and # lines ignored):
+    (sorted class names, candidates in the file's order)."""
+    rows = []
+    for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        path, tab, names = line.partition("\t")
+        labels = [x.strip() for x in names.split(",") if x.strip()]
+        if not tab or not path or not labels or "\t" in names:
+            raise ScanError(f"{list_file}:{n}: expected 'path<TAB>label,label,...', got {line!r}")
+        if Path(path).is_absolute() or ".." in Path(path).parts:
+            raise ScanError(f"{list_file}:{n}: {path!r} must be relative to the split folder")
+        rows.append((path, labels))
+    if not rows:
+        raise ScanError(f"{list_file}: no samples listed")
+    classes = sorted({name for _, labels in rows for name in labels})
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [Candidate(p, ",".join(str(i) for i in sorted({index[x] for x in labels})))
+                     for p, labels in rows]

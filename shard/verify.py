@@ -46,15 +46,16 @@ def check_files(split: Split) -> list[str]:
     return problems
 
 
-def _expected(split: Split, shard: int, labels: np.ndarray) -> list[tuple[str, bytes | None]]:
+def _expected(split: Split, shard: int, labels: list[str]) -> list[tuple[str, bytes | None]]:
     out: list[tuple[str, bytes | None]] = []
     for i in split.shard_range(shard):
-        out += [(f"{split.key(i)}.jpg", None), (f"{split.key(i)}.cls", str(labels[i]).encode())]
+        out += [(f"{split.key(i)}.jpg", None), (f"{split.key(i)}.cls", labels[i].encode())]
     return out
 
 
-def check_members(split: Split, labels: np.ndarray) -> list[str]:
-    """Member names, order and .cls contents of every tar, and its .idx against its headers."""
+def check_members(split: Split, labels: list[str]) -> list[str]:
+    """Member names, order and .cls contents (the label texts of samples.tsv) of every tar, and
+    its .idx against its headers."""
     problems = []
     for s, (tar_path, idx_path) in enumerate(zip(split.tar_paths(), split.idx_paths())):
         try:
@@ -75,7 +76,7 @@ def check_members(split: Split, labels: np.ndarray) -> list[str]:
     return problems
 
 
-def check_webdataset(split: Split, labels: np.ndarray) -> list[str]:
+def check_webdataset(split: Split, labels: list[str]) -> list[str]:
     """Read every sample through the `webdataset` package."""
     import webdataset as wds
 
@@ -83,24 +84,24 @@ def check_webdataset(split: Split, labels: np.ndarray) -> list[str]:
     keys, got = [], []
     for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False):
         keys.append(sample["__key__"])
-        got.append(int(sample["cls"]))
+        got.append(sample["cls"].decode())
         if not sample.get("jpg"):
             return [f"webdataset: sample {sample['__key__']} has no jpg"]
     return _compare("webdataset", split, labels, keys, got)
 
 
-def _compare(reader: str, split: Split, labels: np.ndarray, keys: list, got: list) -> list[str]:
+def _compare(reader: str, split: Split, labels: list[str], keys: list, got: list) -> list[str]:
     want_keys = [split.key(i) for i in range(split.num_samples)]
     if keys != want_keys:
         return [f"{reader}: read {len(keys)} samples with keys that differ from the manifest's "
                 f"{split.num_samples} (first read: {keys[:3]})"]
-    if got != labels.tolist():
-        first = next(i for i, (a, b) in enumerate(zip(got, labels.tolist())) if a != b)
+    if got != labels:
+        first = next(i for i, (a, b) in enumerate(zip(got, labels)) if a != b)
         return [f"{reader}: sample {want_keys[first]} has label {got[first]}, expected {labels[first]}"]
     return []
 
 
-def check_dali(split: Split, labels: np.ndarray, decode: bool, batch: int = 64) -> list[str]:
+def check_dali(split: Split, labels: list[str], decode: bool, batch: int = 64) -> list[str]:
     """Read every sample through DALI's webdataset reader on the CPU (and decode it)."""
     from nvidia.dali import fn, pipeline_def
 
@@ -119,7 +120,7 @@ def check_dali(split: Split, labels: np.ndarray, decode: bool, batch: int = 64) 
         for _ in range(-(-split.num_samples // batch)):
             _, cls, info = p.run()
             keys += [bytes(np.asarray(t)).decode().rsplit(":", 1)[1].split(".")[0] for t in info]
-            got += [int(bytes(np.asarray(t))) for t in cls]
+            got += [bytes(np.asarray(t)).decode() for t in cls]
     except RuntimeError as e:
         return [f"DALI: {str(e).splitlines()[0]}"]
     n = split.num_samples
@@ -129,7 +130,7 @@ def check_dali(split: Split, labels: np.ndarray, decode: bool, batch: int = 64) 
 def verify_split(split: Split, decode: bool = False) -> list[str]:
     """Every problem found in one split, as one line each (empty when all is well)."""
     problems = check_files(split)
-    labels = split.labels()
+    labels = split.label_texts()
     if len(labels) != split.num_samples:
         problems.append(f"{split.dir}/samples.tsv: {len(labels)} rows, manifest says {split.num_samples}")
         return problems

@@ -194,3 +194,14 @@ def make_store(root: Path, encoder: str = "toy", classes: int = 10, dim: int = 1
     store = root / "store.zarr"
     assert from_npy_main([str(folder), "--encoder", encoder, "--out", str(store)]) == 0
     return store
+
+
+@pytest.fixture
+def tiny_encoders(monkeypatch):
+    """Two tiny ViTs added to the registry, so compile, views and multi-encoder runs stay cheap."""
+    from embed.encoders import ENCODERS, EncoderSpec
+
+    tiny = {"tiny_a": EncoderSpec("tiny_a", "test_tiny", patch=16, dim=32, depth=2, heads=2),
+            "tiny_b": EncoderSpec("tiny_b", "test_tiny", patch=32, dim=48, depth=1, heads=3)}
+    monkeypatch.setattr("embed.encoders.ENCODERS", ENCODERS | tiny)
+    return tiny

@@ -147,16 +147,6 @@ def test_torchrun_two_processes_equal_one(embed_shards, vits_checkpoint, store, 
                                rtol=1e-4, atol=1e-4)
 
 
-@pytest.fixture
-def tiny_encoders(monkeypatch):
-    """Two tiny ViTs added to the registry, so compile and multi-encoder runs stay cheap."""
-    from embed.encoders import ENCODERS, EncoderSpec
-    tiny = {"tiny_a": EncoderSpec("tiny_a", "test_tiny", patch=16, dim=32, depth=2, heads=2),
-            "tiny_b": EncoderSpec("tiny_b", "test_tiny", patch=32, dim=48, depth=1, heads=3)}
-    monkeypatch.setattr("embed.encoders.ENCODERS", ENCODERS | tiny)
-    return tiny
-
-
 def _run(shards, out, encoders, **kw):
     from embed.run import Config, run
     return run(Config(shards, "val", tuple(encoders), "random", out, batch_size=4, threads=2, **kw))
