@@ -6,7 +6,7 @@
 Runs the README's commands one after another: a labelled ImageFolder of ImageNet-like JPEGs
 (with a few broken files, so the shard report has something to say) -> shards -> a
 random-weight ViT-S/16 saved in the official MSN checkpoint layout -> embeddings of train
-and val -> few-shot curve, kNN, table and plot. The weights are random: the curve shows the
+and val (val with two augmented views) -> few-shot curve, kNN, table, plot and diagnostics. The weights are random: the curve shows the
 pipeline working, not MSN's quality; `make weights` downloads the real checkpoints.
 """
 
@@ -52,16 +52,21 @@ def run_demo(out: Path, classes: int, train: int, val: int, seeds: int, per_clas
     step("shard: ImageFolder -> validated shards (broken files are skipped and listed)",
          "shard", str(images), str(shards), "--samples-per-shard", "64")
     step("verify the shards", "shard.verify", str(shards))
-    for split in ("train", "val"):
-        step(f"embed {split} with {ENCODER} (random weights)", "embed", str(shards), "--split", split,
-             "--encoder", ENCODER, "--weights", str(weights), "--out", str(store), "--check-drift", "8")
+    step(f"embed train with {ENCODER} (random weights)", "embed", str(shards), "--split", "train",
+         "--encoder", ENCODER, "--weights", str(weights), "--out", str(store), "--check-drift", "8")
+    step(f"embed val with {ENCODER}, plus 2 augmented views per image", "embed", str(shards),
+         "--split", "val", "--encoder", ENCODER, "--weights", str(weights), "--out", str(store),
+         "--check-drift", "8", "--views", "2", "--augment", "msn")
     step("what the store holds", "embed.info", str(store))
     step("few-shot curve", "probe", str(store), "--encoder", ENCODER, "--per-class", f"1-{per_class}",
          "--seeds", f"0-{seeds - 1}", "--out", str(probe))
     step("kNN", "probe.knn", str(store), "--encoder", ENCODER, "--k", "5,10,20", "--out", str(probe))
     step("plot", "probe.plot", str(probe), "--out", str(probe / "fewshot.png"))
     step("table", "probe.table", str(probe))
-    return {"store": store, "csv": probe / "fewshot.csv", "plot": probe / "fewshot.png"}
+    step("diagnostics", "probe.diagnose", str(store), "--encoder", ENCODER, "--out", str(out / "diagnose"),
+         "--tsne-classes", str(classes), "--tsne-per-class", str(val))
+    return {"store": store, "csv": probe / "fewshot.csv", "plot": probe / "fewshot.png",
+            "diagnose": out / "diagnose" / "diagnostics.md"}
 
 
 def main(argv: list[str] | None = None) -> int:

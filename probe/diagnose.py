@@ -298,6 +298,8 @@ def markdown(r: dict) -> str:
         lines.append(f"- {r['knn_note']}")
     if r.get("cka"):
         lines.append(f"- linear CKA: {r['cka']['encoders']} -> {r['cka']['matrix']}")
+    elif r.get("cka_note"):
+        lines.append(f"- linear CKA: {r['cka_note']}")
     lines.append(f"- seconds: {r['seconds']}")
     return "\n".join(lines) + "\n"
 

@@ -22,3 +22,4 @@ def test_demo_end_to_end(tmp_path, capfd):
         assert len(list(csv.DictReader(f))) == 4  # 2 seeds x 2 label counts
     assert where["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| vits16_800ep |" in out
+    assert e.views.shape == (6, 2, 384) and "alignment (2 views)" in where["diagnose"].read_text()
