@@ -6,8 +6,9 @@
 Runs the README's commands one after another: a labelled ImageFolder of ImageNet-like JPEGs
 (with a few broken files, so the shard report has something to say) -> shards -> a
 random-weight ViT-S/16 saved in the official MSN checkpoint layout -> embeddings of train
-and val (val with two augmented views) -> few-shot curve, kNN, table, plot and diagnostics. The weights are random: the curve shows the
-pipeline working, not MSN's quality; `make weights` downloads the real checkpoints.
+and val (val with two augmented views) -> few-shot curve, kNN, table, plot and diagnostics.
+The weights are random: the curve shows the pipeline working, not MSN's quality; `make weights`
+downloads the real checkpoints.
 """
 
 from __future__ import annotations

@@ -89,10 +89,10 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
     path = Path(weights)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (run `make weights ENCODER={spec.name}`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read what is used
     state = _backbone(ckpt, path)
-    with torch.device("meta"):  # no random init of weights about to be replaced
-        model = build_model(spec)
+    with torch.device("meta"):  # no memory and no init for weights about to be replaced
+        model = build_model(spec, init=False)
     check_state(state, model, spec, path)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)},
                           assign=True)

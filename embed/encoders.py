@@ -70,14 +70,16 @@ def get_spec(name: str) -> EncoderSpec:
     raise KeyError(f"unknown encoder {name!r}: {hint}valid names: {', '.join(ENCODERS)}")
 
 
-def build_model(spec: EncoderSpec) -> nn.Module:
-    """A randomly initialised timm ViT with the architecture of `spec`, no head."""
+def build_model(spec: EncoderSpec, init: bool = True) -> nn.Module:
+    """A timm ViT with the architecture of `spec`, no head; `init=False` skips timm's weight
+    initialisation (for weights about to be loaded)."""
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(
         img_size=spec.preprocess.crop, patch_size=spec.patch, embed_dim=spec.dim,
         depth=spec.depth, num_heads=spec.heads, mlp_ratio=4.0, qkv_bias=True,
         num_classes=0, global_pool="token",  # LayerNorm eps 1e-6 is timm's default
+        weight_init="" if init else "skip",
     )
 
 

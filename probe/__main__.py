@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
         train = open_embeddings(a.store, a.encoder, a.train_split)
         test = open_embeddings(a.store, a.encoder, a.test_split)
         if a.multilabel:
-            a.out.mkdir(parents=True, exist_ok=True)
             run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out)
             return 0
         if train.labels.ndim != 1:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings
+from probe.data import mean_std
 
 log = logging.getLogger("probe")
 MAX_K = 101
@@ -102,7 +103,7 @@ def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mod
 
     shift = None
     if mode == "shifted-norm":
-        shift = torch.from_numpy(_mean(train)).to(test.device)
+        shift = torch.from_numpy(mean_std(train)[0]).to(test.device)
         test = test - shift
     metric = "euclidean" if mode == "plain" else "cosine"
     if metric == "cosine":
@@ -118,17 +119,9 @@ def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mod
     return (correct / len(test)).numpy()
 
 
-def _mean(e: EmbeddingSet) -> np.ndarray:
-    total, n = None, 0
-    for _, block in e.row_blocks():
-        s = block.astype(np.float64).sum(0)
-        total, n = (s if total is None else total + s), n + len(block)
-    return (total / n).astype(np.float32)[None]  # [1, D]
-
-
 def linear_cka(x: EmbeddingSet, y: EmbeddingSet) -> float:
     """Linear CKA of two encoders' rows of the same split, from D x D products over blocks."""
-    mx, my = _mean(x).astype(np.float64), _mean(y).astype(np.float64)
+    mx, my = mean_std(x)[0].astype(np.float64), mean_std(y)[0].astype(np.float64)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs the same rows: {x.encoder} has {x.shape[0]}, {y.encoder} {y.shape[0]}")
     xy = xx = yy = 0.0

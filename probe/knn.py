@@ -11,7 +11,6 @@ with weights exp(sim / T). Prints and appends top-1/top-5 per k to DIR/knn.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 
 from embed.store import EmbeddingSet, StoreError, open_embeddings
+from probe.results import append_csv
 
 log = logging.getLogger("probe")
 KS = (10, 20, 100, 200)
@@ -91,16 +91,6 @@ def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], tempe
     return rows
 
 
-def append_csv(path: Path, rows: list[dict]) -> None:
-    """Append rows (with a header when the file is new)."""
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, list(rows[0]))
-        if new:
-            w.writeheader()
-        w.writerows(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("probe").setLevel(logging.INFO)
@@ -133,7 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{a.encoder} k={r['k']:>4}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%")
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
         append_csv(a.out / "knn.csv", rows)
     return 0
 

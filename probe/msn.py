@@ -25,7 +25,7 @@ import numpy as np
 from embed.store import EmbeddingSet, StoreError, open_embeddings
 from probe.backends import BACKENDS, fit_predict, resolve
 from probe.fewshot import score
-from probe.knn import append_csv
+from probe.results import append_csv
 
 log = logging.getLogger("probe")
 LAMBD = 0.00025
@@ -93,7 +93,6 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['encoder']} {r['subset']} ({r['images']} images): top-1 {100 * r['top1']:.2f}%")
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
         append_csv(a.out / "msn.csv", rows)
     return 0
 

@@ -15,7 +15,6 @@ DIR/multilabel.csv. The whole train split is read (multi-label transfer sets are
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from embed.store import EmbeddingSet
 from probe.backends import fit_predict
 from probe.data import load_standardized, mean_std
+from probe.results import append_csv
 
 log = logging.getLogger("probe")
 COLUMNS = ("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend", "fit_seconds")
@@ -86,11 +86,5 @@ def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, 
                "fit_seconds": round(time.perf_counter() - t, 3)}
         log.info("C %g: mAP %.4f, VOC07 mAP %.4f", C, row["mAP"], row["voc07_mAP"])
         rows.append(row)
-    path = out / "multilabel.csv"
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        if new:
-            w.writeheader()
-        w.writerows(rows)
+    append_csv(out / "multilabel.csv", rows, COLUMNS)
     return rows

@@ -205,3 +205,16 @@ def tiny_encoders(monkeypatch):
             "tiny_b": EncoderSpec("tiny_b", "test_tiny", patch=32, dim=48, depth=1, heads=3)}
     monkeypatch.setattr("embed.encoders.ENCODERS", ENCODERS | tiny)
     return tiny
+
+
+def random_store(root: Path, n_train: int, n_val: int, dim: int, classes: int = 10, seed: int = 0,
+                 encoder: str = "r") -> Path:
+    """A store of pure-noise features with random labels (chance-level for any probe)."""
+    from embed.from_npy import main as from_npy_main
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        np.save(root / f"embeddings_{encoder}_{split}.npy", rng.normal(size=(n, dim)).astype(np.float32))
+        np.save(root / f"labels_{split}.npy", rng.integers(0, classes, n))
+    assert from_npy_main([str(root), "--encoder", encoder, "--out", str(root / "s.zarr")]) == 0
+    return root / "s.zarr"

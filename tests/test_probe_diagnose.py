@@ -17,7 +17,7 @@ from probe.diagnose import (
     main,
     uniformity,
 )
-from tests.conftest import make_store
+from tests.conftest import make_store, random_store
 
 
 def unit(x):
@@ -90,14 +90,8 @@ def test_knn_sweep_against_brute_force(store, mode):
 
 
 def test_knn_on_random_features_is_chance(tmp_path):
-    from embed.from_npy import main as from_npy_main
-    rng = np.random.default_rng(3)
-    for split, n in (("train", 1500), ("val", 600)):
-        np.save(tmp_path / f"embeddings_r_{split}.npy", rng.normal(size=(n, 16)).astype(np.float32))
-        np.save(tmp_path / f"labels_{split}.npy", rng.integers(0, 10, n))
-    assert from_npy_main([str(tmp_path), "--encoder", "r", "--out", str(tmp_path / "s.zarr")]) == 0
-    tr = open_embeddings(tmp_path / "s.zarr", "r", "train")
-    te = open_embeddings(tmp_path / "s.zarr", "r", "val")
+    store = random_store(tmp_path, 1500, 600, 16, seed=3)
+    tr, te = open_embeddings(store, "r", "train"), open_embeddings(store, "r", "val")
     acc = knn_sweep(tr, torch.from_numpy(np.asarray(te.embeddings[:])),
                     torch.from_numpy(te.labels.astype(np.int64)), "norm", max_k=101)
     assert np.abs(acc[[0, 10, 50, 100]] - 0.1).max() < 0.05

@@ -6,7 +6,7 @@ import torch
 
 from embed.store import open_embeddings
 from probe.knn import evaluate, main, top_neighbours
-from tests.conftest import make_store
+from tests.conftest import make_store, random_store
 
 
 def brute_force(train_x, train_y, test_x, test_y, k, T, classes):
@@ -49,14 +49,8 @@ def test_running_top_k_over_small_blocks_equals_one_block(store):
 
 
 def test_random_features_give_chance(tmp_path):
-    from embed.from_npy import main as from_npy_main
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 2000), ("val", 1000)):
-        np.save(tmp_path / f"embeddings_r_{split}.npy", rng.normal(size=(n, 32)).astype(np.float32))
-        np.save(tmp_path / f"labels_{split}.npy", rng.integers(0, 10, n))
-    assert from_npy_main([str(tmp_path), "--encoder", "r", "--out", str(tmp_path / "s.zarr")]) == 0
-    tr = open_embeddings(tmp_path / "s.zarr", "r", "train")
-    te = open_embeddings(tmp_path / "s.zarr", "r", "val")
+    store = random_store(tmp_path, 2000, 1000, 32, seed=0)
+    tr, te = open_embeddings(store, "r", "train"), open_embeddings(store, "r", "val")
     r = evaluate(tr, te, (20,), 0.07, torch.device("cpu"))[0]
     assert abs(r["top1"] - 0.1) < 0.04 and abs(r["top5"] - 0.5) < 0.06
 
