@@ -236,6 +236,41 @@ def prepare_target(name: str, cfg: Config, split: Split, device: torch.device, p
     return Target(spec, model, group, split, cfg, device, precision), info, identity
 
 
+class HostRows:
+    """Rows on their way to the host. On CUDA the copy goes to pinned memory without blocking
+    and is waited for only when the rows are needed, one batch later, so the GPU already has
+    the next batch's forward queued while the host writes; on the CPU it is the tensor itself."""
+
+    def __init__(self, rows: torch.Tensor):
+        if rows.device.type != "cuda":
+            self.host, self.event = rows, None
+            return
+        self.host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+        self.host.copy_(rows, non_blocking=True)
+        self.event = torch.cuda.Event()
+        self.event.record()
+
+    def numpy(self) -> np.ndarray:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.host.numpy()
+
+
+def _submit(target: Target, b, real: int) -> tuple[Target, HostRows, HostRows | None, np.ndarray]:
+    """Queue one batch's forward passes (rows, and views [B, K, D]) and their copies to the host."""
+    # a compiled graph wants the padded fixed-size batch; eager skips the padding
+    keep = len(b.indices) if target.compiled else real
+    rows = target.forward(b.images[:keep])  # [B, D]
+    target.drift(b.images[:keep], rows, real)
+    views = torch.stack([target.forward(v[:keep]) for v in b.views], 1) if b.views else None
+    return target, HostRows(rows), (HostRows(views) if views is not None else None), b.indices[:keep]
+
+
+def _finish(submitted: list[tuple]) -> None:
+    for target, rows, views, indices in submitted:
+        target.consume(rows.numpy(), indices, views.numpy() if views is not None else None)
+
+
 def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config,
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings."""
@@ -248,21 +283,17 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
     wait = compute = 0.0
     bar = tqdm(total=n, desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
+    previous: list[tuple] = []
     for b in stream:
         t1 = time.perf_counter()
         real = int((b.indices >= 0).sum())
-        for target in targets:
-            # a compiled graph wants the padded fixed-size batch; eager skips the padding
-            keep = len(b.indices) if target.compiled else real
-            rows = target.forward(b.images[:keep])  # [B, D]
-            target.drift(b.images[:keep], rows, real)
-            view_rows = None
-            if b.views:  # [B, K, D]
-                view_rows = torch.stack([target.forward(v[:keep]) for v in b.views], 1).cpu().numpy()
-            target.consume(rows.cpu().numpy(), b.indices[:keep], view_rows)
+        submitted = [_submit(target, b, real) for target in targets]
+        _finish(previous)  # the batch before: its copies had a whole forward pass to land
+        previous = submitted
         t2 = time.perf_counter()
         wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
         bar.update(real)
+    _finish(previous)
     bar.close()
     return {"images": n, "wait_s": wait, "compute_s": compute}
 
