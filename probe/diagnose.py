@@ -119,17 +119,18 @@ def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mod
     return (correct / len(test)).numpy()
 
 
-def linear_cka(x: EmbeddingSet, y: EmbeddingSet) -> float:
-    """Linear CKA of two encoders' rows of the same split, from D x D products over blocks."""
-    mx, my = mean_std(x)[0].astype(np.float64), mean_std(y)[0].astype(np.float64)
+def linear_cka(x: EmbeddingSet, y: EmbeddingSet, device: torch.device | str = "cpu") -> float:
+    """Linear CKA of two encoders' rows of the same split, from D x D products accumulated over
+    row blocks in float64 on `device`."""
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"CKA needs the same rows: {x.encoder} has {x.shape[0]}, {y.encoder} {y.shape[0]}")
+    mx, my = (torch.from_numpy(mean_std(e)[0]).to(device, torch.float64) for e in (x, y))
     xy = xx = yy = 0.0
     for start in range(0, x.shape[0], 8192):
-        a = np.asarray(x.embeddings[start : start + 8192], dtype=np.float64) - mx  # [b, D1]
-        b = np.asarray(y.embeddings[start : start + 8192], dtype=np.float64) - my  # [b, D2]
-        xy, xx, yy = xy + a.T @ b, xx + a.T @ a, yy + b.T @ b
-    return float(np.sum(xy**2) / np.sqrt(np.sum(xx**2) * np.sum(yy**2)))
+        a = torch.from_numpy(np.asarray(x.embeddings[start : start + 8192])).to(device, torch.float64) - mx
+        b = torch.from_numpy(np.asarray(y.embeddings[start : start + 8192])).to(device, torch.float64) - my
+        xy, xx, yy = xy + a.T @ b, xx + a.T @ a, yy + b.T @ b  # [D1, D2], [D1, D1], [D2, D2]
+    return float((xy**2).sum() / torch.sqrt((xx**2).sum() * (yy**2).sum()))
 
 
 def balanced_sample(labels: np.ndarray, classes: int, per_class: int, seed: int = 0) -> np.ndarray:
@@ -233,7 +234,7 @@ def _knn_part(store: Path, encoder: str, train_split: str, e: EmbeddingSet, x: t
     return {"knn": sweep}
 
 
-def _cka_part(store: Path, split: str, out: Path, times: dict) -> dict:
+def _cka_part(store: Path, split: str, out: Path, times: dict, device: torch.device) -> dict:
     names = [enc for enc, s in list_groups(store) if s == split]
     sets = [open_embeddings(store, n, split) for n in names]
     sets = [s for s in sets if s.shape[0] == sets[0].shape[0]]
@@ -243,7 +244,7 @@ def _cka_part(store: Path, split: str, out: Path, times: dict) -> dict:
     m = np.eye(len(sets))
     for i in range(len(sets)):
         for j in range(i + 1, len(sets)):
-            m[i, j] = m[j, i] = linear_cka(sets[i], sets[j])
+            m[i, j] = m[j, i] = linear_cka(sets[i], sets[j], device)
     times["cka"] = round(time.perf_counter() - t, 3)
     cka_plot([s.encoder for s in sets], m, out / "cka.png")
     return {"cka": {"encoders": [s.encoder for s in sets], "matrix": m.round(5).tolist()}}
@@ -266,7 +267,7 @@ def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path,
     result["variance_spectrum_top10"] = [float(v) for v in ev[:10]]
     spectrum_plot(ev, out / "spectrum.png", result["effective_rank"])
     result |= _knn_part(store, encoder, train_split, e, x, idx, times)
-    result |= _cka_part(store, split, out, times)
+    result |= _cka_part(store, split, out, times, device)
     pick = balanced_sample(e.labels, tsne_classes, tsne_per_class)
     _timed(times, "tsne", tsne_map, _rows(e, pick), e.labels[pick], out / "tsne.png")
     result["seconds"] = times

@@ -114,6 +114,13 @@ def test_cka(tmp_path):
     yc = np.asarray(c.embeddings[:], np.float64) - np.asarray(c.embeddings[:], np.float64).mean(0)
     want = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
     assert linear_cka(a, c) == pytest.approx(want, rel=1e-5) and linear_cka(a, c) < 0.2
+    # the CLI draws the matrix of every encoder holding the split; no train split: no kNN
+    assert main([str(tmp_path / "s.zarr"), "--encoder", "a", "--out", str(tmp_path / "d"),
+                 "--tsne-classes", "1", "--tsne-per-class", "40"]) == 0
+    r = json.loads((tmp_path / "d" / "diagnostics.json").read_text())
+    assert r["cka"]["encoders"] == ["a", "b", "c"] and r["cka"]["matrix"][0][1] == pytest.approx(1.0)
+    assert "no kNN sweep" in r["knn_note"]
+    assert (tmp_path / "d" / "cka.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_cli_writes_json_markdown_and_pngs(store, tmp_path, capsys):
