@@ -137,8 +137,8 @@ def batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preproce
             raise RuntimeError(f"DALI read samples {indices[:real].tolist()[:4]}..., expected "
                                f"{order[start : start + 4].tolist()}...: shards and manifest disagree")
         indices[real:] = -1  # DALI repeats the last sample to fill the batch
-        tensors = [_to_torch(v, device) for v in view_lists]
-        if views and not view_lists:  # augment none: K copies of the center crop
-            tensors = [None] * views.k
         base = _to_torch(images, device)
-        yield Batch(base, indices, [base if t is None else t for t in tensors])
+        augmented = [_to_torch(v, device) for v in view_lists]
+        if views and not augmented:  # augment none: K copies of the center crop
+            augmented = [base] * views.k
+        yield Batch(base, indices, augmented)

@@ -124,7 +124,6 @@ class Target:
         self.compiled = use_compile
         self.model = torch.compile(self.eager, dynamic=False) if use_compile else self.eager
         self.chunk = 1 << 30  # micro-batch size; halves on CUDA out-of-memory
-        self.k = cfg.views
         self.pending: dict[int, np.ndarray] = {}  # shard -> rows [n, D]
         self.pending_views: dict[int, np.ndarray] = {}  # shard -> rows [n, K, D]
         self.filled: dict[int, int] = {}
@@ -278,8 +277,9 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
     n = len(order)
     dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))
     views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
-    stream = batches([split.tar_paths()[i] for i in shard_ids], [split.idx_paths()[i] for i in shard_ids],
-                     order, targets[0].spec.preprocess, batch, device, dali_threads, views)
+    tars, idxs = split.tar_paths(), split.idx_paths()
+    stream = batches([tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
+                     targets[0].spec.preprocess, batch, device, dali_threads, views)
     wait = compute = 0.0
     bar = tqdm(total=n, desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
