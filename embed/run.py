@@ -326,6 +326,7 @@ def run(cfg: Config) -> dict:
             t.group.attrs.update({"drift": {"images": len(t.drift_cos), "min_cos": min(t.drift_cos),
                                             "mean_cos": float(np.mean(t.drift_cos))}})
     dist.barrier()
-    complete = [store.mark_complete_if_done(t.group) for t in targets] if dist.rank == 0 else []
+    # only rank 0 checks and marks completion; other ranks do not know it
+    complete = all([store.mark_complete_if_done(t.group) for t in targets]) if dist.rank == 0 else None
     return stats | {"rank": dist.rank, "world": dist.world, "batch": batch, "device": str(device),
-                    "precision": precision, "complete": all(complete)}
+                    "precision": precision, "complete": complete}
