@@ -5,6 +5,7 @@
     python -m shard /data/pets out/shards --split train           # SRC is a class-folder tree
     python -m shard /data/imagenet out/shards --workers 8 --samples-per-shard 1000
     python -m shard /data/voc07 out/shards --split trainval --labels trainval.tsv  # multi-label
+    python -m shard /data/sub out/shards --split val --classes-from train  # val lacks classes
 
 A killed run, started again with the same command, finishes the job; a finished split
 is left alone. See README.md for the output format.
@@ -16,10 +17,24 @@ import argparse
 import logging
 import os
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
-from shard.build import Settings, StrictError, report, shard_split
-from shard.scan import ScanError, check_same_classes, find_classes, read_label_list, resolve_splits
+from msnpipe.files import writable_dir
+from msnpipe.pool import worker_pool
+from msnpipe.runtime import UserError, setup_logging
+from shard.build import Settings, report, shard_split
+from shard.reader import MANIFEST, list_splits, read_manifest
+from shard.scan import (
+    Candidate,
+    ScanError,
+    check_same_classes,
+    check_subset,
+    difference,
+    find_classes,
+    read_label_list,
+    resolve_splits,
+)
 
 log = logging.getLogger("shard")
 
@@ -49,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--labels", type=Path, default=None,
                    help="multi-label list file (path<TAB>label,label per line, paths relative to "
                         "SRC); needs --split")
+    p.add_argument("--classes-from", metavar="SPLIT", default=None,
+                   help="number labels by the class list of SPLIT, already sharded in OUT (for a "
+                        "split that lacks some classes)")
     p.add_argument("--samples-per-shard", type=_positive, default=1000, help="default 1000")
     p.add_argument("--workers", type=_positive, default=len(os.sched_getaffinity(0)),
                    help="decoding processes (default: all cores)")
@@ -65,29 +83,77 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_nesting(src: Path, out: Path) -> None:
+    """OUT inside SRC would become a class (or images) of a later run; SRC inside OUT mixes
+    inputs with outputs. Both are refused."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise UserError(f"OUT {out} is inside the source {src}: a later run would take the shards "
+                        "for images or classes; put OUT outside SRC")
+    if o in s.parents:
+        raise UserError(f"OUT {out} contains the source {src}; put OUT beside SRC, not above it")
+
+
+def _finished_classes(out: Path, skip: set[str]) -> dict[str, list[str]]:
+    """Class lists of the splits already complete in OUT, other than `skip`."""
+    if not out.is_dir():
+        return {}
+    return {s: read_manifest(out / s / MANIFEST)["classes"] for s in list_splits(out) if s not in skip}
+
+
+def class_lists(args: argparse.Namespace, splits: dict[str, Path]
+                ) -> tuple[dict[str, list[str]], list[Candidate] | None]:
+    """The class list of each split (and the multi-label candidates), checked against the
+    splits already in OUT: one list for all, or the one --classes-from names."""
+    done = _finished_classes(args.out, set(splits))
+    reference = None
+    if args.classes_from:
+        if args.classes_from not in done:
+            raise UserError(f"--classes-from {args.classes_from}: no finished split of that name in "
+                            f"{args.out} (it holds: {', '.join(done) or 'none'})")
+        reference = done[args.classes_from]
+    listed = None
+    if args.labels:
+        names, listed = read_label_list(args.labels, reference)
+        classes = {args.split: names}
+    else:
+        classes = {name: find_classes(d) for name, d in splits.items()}
+    if reference is not None:
+        for name, found in classes.items():
+            check_subset(name, found, args.classes_from, reference)
+        return {name: reference for name in classes}, listed
+    check_same_classes(classes)
+    mine, first = next(iter(classes.items()))
+    for other, theirs in done.items():
+        if theirs != first:
+            raise ScanError(f"{mine} has classes other than {other} already in {args.out}: "
+                            f"{difference(other, theirs, mine, first)}; if {mine} legitimately "
+                            f"lacks classes, shard it with --classes-from {other}")
+    return classes, listed
+
+
+def run(args: argparse.Namespace) -> list:
+    """Shard every requested split; return their summaries."""
+    settings = Settings(args.samples_per_shard, args.quality, args.max_side)
+    splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
+    check_nesting(args.src, args.out)
+    writable_dir(args.out, "OUT")
+    classes, listed = class_lists(args, splits)
+    log.info("splits %s, %d classes%s, settings %s, %d workers", ", ".join(splits),
+             len(next(iter(classes.values()))), " (multi-label)" if listed else "", settings,
+             args.workers)
+    with worker_pool(args.workers) if args.workers > 1 else nullcontext() as pool:
+        return [shard_split(name, d, args.out, classes[name], settings, pool, args.strict, listed)
+                for name, d in splits.items()]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Shard every requested split; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("shard").setLevel(logging.INFO)
+    setup_logging()
     args = parse_args(argv)
-    settings = Settings(args.samples_per_shard, args.quality, args.max_side)
     try:
-        splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
-        listed = None
-        if args.labels:
-            names, listed = read_label_list(args.labels)
-            classes = {args.split: names}
-        else:
-            classes = {name: find_classes(d) for name, d in splits.items()}
-        check_same_classes(classes)
-        log.info("splits %s, %d classes%s, settings %s, %d workers", ", ".join(splits),
-                 len(next(iter(classes.values()))), " (multi-label)" if listed else "", settings,
-                 args.workers)
-        summaries = [
-            shard_split(name, d, args.out, classes[name], settings, args.workers, args.strict, listed)
-            for name, d in splits.items()
-        ]
-    except (ScanError, StrictError, ValueError, RuntimeError) as e:
+        summaries = run(args)
+    except UserError as e:
         log.error("%s", e)
         return 1
     log.info("done:\n%s", report(summaries))

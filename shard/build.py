@@ -1,10 +1,8 @@
 """Turn one split folder into shards: validate every image, write shards, then the manifest.
 
-Work happens in two resumable phases, both in worker processes:
+Work happens in two resumable phases, both in one pool of worker processes:
 
-1. validate: each image is opened and fully decoded once; the verdict (keep, repair,
-   skip) is appended to a journal `OUT/S/.work/validated.tsv`, keyed by path, size and
-   mtime, so a rerun re-decodes only what it has not seen.
+1. validate (`shard.validate`): a verdict per file (keep, repair, skip), journaled.
 2. write: kept samples get consecutive indices; shard i (samples [i*K, (i+1)*K)) is
    written by one worker under a temporary name and renamed into place, and only then is
    its record `OUT/S/.work/<tar>.json` written. A rerun skips shards whose record and tar
@@ -17,36 +15,35 @@ is complete, and `.work/` is removed.
 from __future__ import annotations
 
 import csv
-import fcntl
 import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 from tqdm import tqdm
 
+from msnpipe.files import exclusive, write_atomic
+from msnpipe.pool import ordered_map
+from msnpipe.runtime import UserError
 from shard import FORMAT
-from shard.images import REPAIR, SKIP, Verdict, check_image, jpeg_payload
-from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER
+from shard.images import REPAIR, SKIP, Verdict, jpeg_payload
+from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, read_manifest
 from shard.scan import Candidate, list_candidates
-from shard.writer import ShardFile, write_atomic, write_shard
+from shard.validate import validate
+from shard.writer import ShardFile, write_shard
 
 log = logging.getLogger("shard")
 WORK = ".work"
-JOURNAL = "validated.tsv"
 
 
-class StrictError(RuntimeError):
+class StrictError(UserError):
     """--strict was given and some files would have been skipped."""
 
 
@@ -71,93 +68,6 @@ class Summary:
     bytes: int
     seconds: float
     already_complete: bool = False
-
-
-def pool_map(fn: Callable, items: list, workers: int, chunksize: int = 1) -> Iterator:
-    """`map(fn, items)` in order, over `workers` processes; a dead worker raises, never hangs."""
-    if workers <= 1 or len(items) <= 1:
-        yield from map(fn, items)
-        return
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        try:
-            yield from pool.map(fn, items, chunksize=chunksize)
-        except BrokenProcessPool as e:
-            raise RuntimeError("a worker process died (out of memory or killed?)") from e
-
-
-# -- phase 1: validation, with a journal -------------------------------------------------
-
-
-def _identity(path: Path) -> str | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return f"{st.st_size}\t{st.st_mtime_ns}"
-
-
-def _read_journal(path: Path) -> dict[tuple[str, str], Verdict]:
-    """(relpath, identity) -> verdict for every whole line; a cut last line is cut off."""
-    seen: dict[tuple[str, str], Verdict] = {}
-    if not path.exists():
-        return seen
-    text = path.read_text(encoding="utf-8")
-    whole = text[: text.rfind("\n") + 1]
-    if len(whole) != len(text):
-        os.truncate(path, len(whole.encode("utf-8")))
-    for line in whole.split("\n")[:-1]:
-        fields = line.split("\t")
-        if len(fields) == 5:
-            seen[(fields[0], f"{fields[1]}\t{fields[2]}")] = Verdict(fields[3], fields[4])
-    return seen
-
-
-def _clean(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _name_problem(rel: str) -> str | None:
-    if "\t" in rel or "\n" in rel or "\r" in rel:
-        return "bad file name: contains a tab or line break, which samples.tsv cannot hold"
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return "bad file name: not valid UTF-8"
-    return None
-
-
-def _check(args: tuple[str, int | None]) -> Verdict:
-    return check_image(*args)
-
-
-def validate(
-    split_dir: Path, cands: list[Candidate], work: Path, max_side: int | None, workers: int
-) -> list[Verdict]:
-    """A verdict per candidate, decoding only files the journal has not seen unchanged."""
-    journal_path = work / JOURNAL
-    seen = _read_journal(journal_path)
-    verdicts: dict[int, Verdict] = {}
-    todo = []
-    for i, c in enumerate(cands):
-        problem = _name_problem(c.path)
-        ident = None if problem else _identity(split_dir / c.path)
-        if problem:
-            verdicts[i] = Verdict(SKIP, problem)
-        elif ident is not None and (c.path, ident) in seen:
-            verdicts[i] = seen[(c.path, ident)]
-        else:
-            todo.append((i, ident))
-    if verdicts:
-        log.info("%s: %d of %d files already validated", split_dir.name, len(verdicts), len(cands))
-    jobs = [(str(split_dir / cands[i].path), max_side) for i, _ in todo]
-    bar = tqdm(total=len(jobs), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
-    with open(journal_path, "a", encoding="utf-8") as journal, bar:
-        for (i, ident), v in zip(todo, pool_map(_check, jobs, workers, chunksize=16)):
-            verdicts[i] = v
-            if ident is not None:
-                journal.write(f"{cands[i].path}\t{ident}\t{v.status}\t{_clean(v.detail)}\n")
-            bar.update()
-    return [verdicts[i] for i in range(len(cands))]
 
 
 # -- phase 2: shards ----------------------------------------------------------------------
@@ -235,7 +145,8 @@ def _finished(work: Path, job: ShardJob) -> ShardFile | None:
     return ShardFile(**rec["shard"]) if ok else None
 
 
-def write_shards(jobs: list[ShardJob], work: Path, workers: int, desc: str) -> list[ShardFile]:
+def write_shards(jobs: list[ShardJob], work: Path, pool: ProcessPoolExecutor | None,
+                 desc: str) -> list[ShardFile]:
     """Write every shard that is not already finished; return all records in order."""
     done = {i: rec for i, job in enumerate(jobs) if (rec := _finished(work, job)) is not None}
     if done:
@@ -243,7 +154,7 @@ def write_shards(jobs: list[ShardJob], work: Path, workers: int, desc: str) -> l
     todo = [i for i in range(len(jobs)) if i not in done]
     total = sum(len(jobs[i].keys) for i in todo)
     with tqdm(total=total, desc=f"write {desc}", unit="img", smoothing=0.1) as bar:
-        for i, rec in zip(todo, pool_map(_write_job, [jobs[i] for i in todo], workers)):
+        for i, rec in zip(todo, ordered_map(pool, _write_job, [jobs[i] for i in todo])):
             record = {"fingerprint": jobs[i].fingerprint(), "shard": asdict(rec)}
             write_atomic(_record_path(work, jobs[i]), json.dumps(record).encode())
             done[i] = rec
@@ -283,26 +194,13 @@ def _manifest(
     }
 
 
-def _check_settings(path: Path, settings: Settings, what: str) -> None:
+def _check_settings(old: dict | None, settings: Settings, where: Path, what: str) -> None:
     """Refuse to mix runs made with different settings in one output folder."""
-    if not path.exists():
-        return
-    old = json.loads(path.read_text()).get("settings")
-    if old != asdict(settings):
-        raise ValueError(
-            f"{path.parent}: {what} was made with settings {old}, not {asdict(settings)}; "
+    if old is not None and old != asdict(settings):
+        raise UserError(
+            f"{where}: {what} was made with settings {old}, not {asdict(settings)}; "
             "rerun with the same settings, or remove it to start over"
         )
-
-
-def _lock(work: Path) -> object:
-    """Hold an exclusive lock on the split while this process writes it."""
-    f = open(work / "lock", "w")
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise RuntimeError(f"{work.parent}: another shard run is writing this split") from None
-    return f
 
 
 def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) -> None:
@@ -316,31 +214,33 @@ def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) ->
 
 def shard_split(
     name: str, split_dir: Path, out: Path, classes: list[str], settings: Settings,
-    workers: int, strict: bool = False, listed: list[Candidate] | None = None,
+    pool: ProcessPoolExecutor | None, strict: bool = False, listed: list[Candidate] | None = None,
 ) -> Summary:
     """Validate and shard one split into `out/name`, resuming whatever an earlier run left.
     `listed` gives the samples of a multi-label list file instead of the class folders."""
     t0 = time.perf_counter()
     dest = out / name
     if (dest / MANIFEST).exists():
-        _check_settings(dest / MANIFEST, settings, "the finished split")
-        m = json.loads((dest / MANIFEST).read_text())
+        m = read_manifest(dest / MANIFEST)
+        _check_settings(m.get("settings"), settings, dest, "the finished split")
         log.info("%s: already complete (%s), nothing to do", name, dest / MANIFEST)
         size = sum(s["bytes"] for s in m["shards"])
         return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"],
                        size, time.perf_counter() - t0, already_complete=True)
     work = dest / WORK
     work.mkdir(parents=True, exist_ok=True)
-    with _lock(work):
-        _check_settings(work / "settings.json", settings, "an unfinished run")
-        write_atomic(work / "settings.json", json.dumps({"settings": asdict(settings)}).encode())
+    with exclusive(work / "lock", f"split {dest}"):
+        previous = work / "settings.json"
+        old = json.loads(previous.read_text())["settings"] if previous.exists() else None
+        _check_settings(old, settings, dest, "an unfinished run")
+        write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
         cands = listed if listed is not None else list_candidates(split_dir, classes)
-        verdicts = validate(split_dir, cands, work, settings.max_side, workers)
+        verdicts = validate(split_dir, cands, work, settings.max_side, pool)
         if strict:
             _strict_check(name, cands, verdicts)
         kept = [(c, v) for c, v in zip(cands, verdicts) if v.status != SKIP]
         jobs = plan_shards(name, dest, split_dir, kept, settings)
-        files = write_shards(jobs, work, workers, name)
+        files = write_shards(jobs, work, pool, name)
         manifest = _manifest(name, classes, settings, jobs, files, cands, verdicts)
         manifest["multilabel"] = listed is not None
         write_atomic(dest / SAMPLES, _samples_tsv(kept))

@@ -9,6 +9,8 @@ convert to RGB as PIL's `convert('RGB')` does, re-encode as JPEG), or skip with 
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,9 +49,20 @@ def _scaled(size: tuple[int, int], max_side: int | None) -> tuple[int, int] | No
     return max(1, round(w * s)), max(1, round(h * s))
 
 
+def not_regular(mode: int) -> str | None:
+    """Why a file of this st_mode cannot be an image (a FIFO would block its reader), or None."""
+    if stat.S_ISREG(mode):
+        return None
+    kind = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+            stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}.get(stat.S_IFMT(mode), "special")
+    return f"not a regular file: {kind}"
+
+
 def check_image(path: str, max_side: int | None = None) -> Verdict:
     """Open and fully decode `path`; say whether to keep, repair or skip it, and why."""
     try:
+        if (why := not_regular(os.stat(path).st_mode)) is not None:
+            return Verdict(SKIP, why)
         data = Path(path).read_bytes()
     except OSError as e:
         return Verdict(SKIP, f"unreadable: {e.strerror or e}")

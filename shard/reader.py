@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msnpipe.runtime import UserError
 from shard import FORMAT
 
 MANIFEST = "manifest.json"
@@ -26,7 +27,7 @@ SAMPLES = "samples.tsv"
 SAMPLES_HEADER = ("index", "label", "path")
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(UserError):
     """A shard split is missing, incomplete, or not in the format this version reads."""
 
 
@@ -96,19 +97,38 @@ class Split:
     @cached_property
     def _rows(self) -> list[list[str]]:
         """samples.tsv, read and checked once per Split (ImageNet train: 1.28M rows)."""
-        return _read_tsv(self.dir)
+        return _read_tsv(self.dir, self.num_samples)
 
 
-def _read_tsv(split_dir: Path) -> list[list[str]]:
+def _read_tsv(split_dir: Path, num_samples: int) -> list[list[str]]:
     path = split_dir / SAMPLES
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ShardFormatError(f"{path}: cannot be read ({e})") from None
     if not rows or tuple(rows[0]) != SAMPLES_HEADER:
         raise ShardFormatError(f"{path}: expected the header line index<TAB>label<TAB>path")
     for i, row in enumerate(rows[1:]):
         if len(row) != 3 or row[0] != str(i):
             raise ShardFormatError(f"{path}: line {i + 2} is not '{i}<TAB>label<TAB>path'")
+    if len(rows) - 1 != num_samples:
+        raise ShardFormatError(f"{path}: {len(rows) - 1} samples, the manifest says {num_samples}; "
+                               "the split is damaged: shard it again")
     return rows[1:]
+
+
+def read_manifest(path: Path, raw: bytes | None = None) -> dict:
+    """A manifest.json (or its bytes `raw`) as a dict; a ShardFormatError naming the file if it
+    is not valid JSON."""
+    try:
+        m = json.loads(path.read_bytes() if raw is None else raw)
+    except (OSError, ValueError) as e:
+        raise ShardFormatError(f"{path}: not valid JSON ({e}); the split is damaged: remove "
+                               f"{path.parent} and shard it again") from None
+    if not isinstance(m, dict):
+        raise ShardFormatError(f"{path}: not a manifest (a JSON object expected)")
+    return m
 
 
 def open_split(root: Path | str, name: str) -> Split:
@@ -119,9 +139,21 @@ def open_split(root: Path | str, name: str) -> Split:
         hint = "it is unfinished: rerun python -m shard" if split_dir.is_dir() else "no such split"
         raise ShardFormatError(f"{path}: not found ({hint})")
     raw = path.read_bytes()
-    m = json.loads(raw)
+    m = read_manifest(path, raw)
     if m.get("format") != FORMAT:
         raise ShardFormatError(f"{path}: format {m.get('format')!r}, this version reads {FORMAT!r}")
+    try:
+        split = _split(split_dir, m, hashlib.sha256(raw).hexdigest())
+    except (KeyError, TypeError) as e:
+        raise ShardFormatError(f"{path}: not a complete manifest (missing or malformed {e})") from None
+    counted = sum(s.num_samples for s in split.shards)
+    if counted != split.num_samples:
+        raise ShardFormatError(f"{path}: num_samples is {split.num_samples} but its shards hold "
+                               f"{counted}; the split is damaged: shard it again")
+    return split
+
+
+def _split(split_dir: Path, m: dict, sha256: str) -> Split:
     return Split(
         dir=split_dir.resolve(),
         name=m["split"],
@@ -132,7 +164,7 @@ def open_split(root: Path | str, name: str) -> Split:
         shards=[ShardEntry(**s) for s in m["shards"]],
         skipped=m["skipped"],
         repaired=m["repaired"],
-        manifest_sha256=hashlib.sha256(raw).hexdigest(),
+        manifest_sha256=sha256,
         multilabel=m.get("multilabel", False),
     )
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from msnpipe.files import fsync_rename, write_atomic
 
 DALI_INDEX_VERSION = "v1.2"
 TAR_MTIME = 0
@@ -71,19 +72,6 @@ def index_of_tar(tar_path: Path) -> str:
     return dali_index(members)
 
 
-def _fsync_rename(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    _fsync_rename(tmp, path)
-
-
 @dataclass(frozen=True)
 class ShardFile:
     """What the manifest records for one written shard."""
@@ -111,5 +99,5 @@ def write_shard(tar_path: Path, samples: Iterable[tuple[str, bytes, int]]) -> Sh
     write_atomic(idx_path, dali_index(members).encode("ascii"))
     with open(tmp, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    _fsync_rename(tmp, tar_path)
+    fsync_rename(tmp, tar_path)
     return ShardFile(tar_path.name, idx_path.name, count, tar_path.stat().st_size, digest)

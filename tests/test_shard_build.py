@@ -177,3 +177,99 @@ def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
     assert not (tmp_path / "out" / "train" / "manifest.json").exists()
     assert main([str(src), str(tmp_path / "out"), "--samples-per-shard", "10", "--workers", "2"]) == 0
     assert outputs(tmp_path / "out" / "train") == ref
+
+
+def test_out_inside_src_or_src_inside_out_is_refused(tmp_path, caplog):
+    src = make_folder(tmp_path / "src" / "train", ["a", "b"], 2).parent
+    assert main([str(src), str(src / "train" / "a" / "out"), "--workers", "1"]) == 1
+    assert "inside the source" in caplog.text
+    assert main([str(src), str(src / "shards"), "--workers", "1"]) == 1
+    assert main([str(src / "train"), str(tmp_path), "--split", "x", "--workers", "1"]) == 1
+    assert "contains the source" in caplog.text
+    assert not (src / "train" / "a" / "out").exists() and not (src / "shards").exists()
+    assert sorted(p.name for p in (src / "train").iterdir()) == ["a", "b"]
+
+
+def test_out_that_is_a_file_or_cannot_be_made_gets_one_line(tmp_path, caplog):
+    src = make_folder(tmp_path / "src" / "train", ["a"], 1).parent
+    (tmp_path / "file").write_text("x")
+    assert main([str(src), str(tmp_path / "file"), "--workers", "1"]) == 1
+    assert "is a file, expected a folder" in caplog.text
+    assert main([str(src), str(tmp_path / "file" / "sub"), "--workers", "1"]) == 1
+    assert "cannot be created" in caplog.text
+
+
+def test_a_fifo_with_an_image_name_is_skipped_not_waited_on(tmp_path):
+    src = make_folder(tmp_path / "src" / "train", ["a"], 2).parent
+    os.mkfifo(src / "train" / "a" / "pipe.JPEG")
+    cmd = [sys.executable, "-m", "shard", str(src), str(tmp_path / "out"), "--workers", "1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "out" / "train" / "manifest.json").read_text())
+    assert m["skipped"] == [{"path": "a/pipe.JPEG", "reason": "not a regular file: a FIFO"}]
+    assert m["num_samples"] == 2
+
+
+def test_a_split_with_other_classes_than_one_already_in_out_is_refused(tmp_path, caplog):
+    src = tmp_path / "src"
+    make_folder(src / "train", ["a", "b", "c"], 2)
+    make_folder(src / "val", ["a", "c"], 2)  # b has no validation images
+    out = tmp_path / "out"
+    assert main([str(src), str(out), "--splits", "train", "--workers", "1"]) == 0
+    assert main([str(src), str(out), "--splits", "val", "--workers", "1"]) == 1
+    assert "val has classes other than train already in" in caplog.text and "only in train: b" in caplog.text
+    assert not (out / "val").exists()
+    assert main([str(src), str(out), "--splits", "val", "--classes-from", "train", "--workers", "1"]) == 0
+    val = open_split(out, "val")
+    assert val.classes == ["a", "b", "c"] and val.labels().tolist() == [0, 0, 2, 2]
+    make_folder(src / "val", ["d"], 1)
+    assert main([str(src), str(tmp_path / "o2"), "--splits", "train", "--workers", "1"]) == 0
+    assert main([str(src), str(tmp_path / "o2"), "--splits", "val", "--classes-from", "train",
+                 "--workers", "1"]) == 1
+    assert "val has classes that train lacks: d" in caplog.text
+
+
+def test_a_broken_manifest_gets_one_line(sharded, tmp_path, caplog):
+    import shutil as sh
+
+    from shard.reader import ShardFormatError
+    root, _, out = sharded
+    sh.copytree(out, tmp_path / "o")
+    (tmp_path / "o" / "val" / "manifest.json").write_text('{"format": "msnpipe-shards/1", "spl')
+    with pytest.raises(ShardFormatError, match="manifest.json: not valid JSON"):
+        open_split(tmp_path / "o", "val")
+    assert main([str(root), str(tmp_path / "o"), "--samples-per-shard", "4", "--workers", "1"]) == 1
+    assert "manifest.json: not valid JSON" in caplog.text
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_workers_exit_when_the_parent_is_killed(tmp_path):
+    src = make_folder(tmp_path / "src" / "train", [f"c{i}" for i in range(4)], 150, 256, 192).parent
+    cmd = [sys.executable, "-m", "shard", str(src), str(tmp_path / "out"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = tmp_path / "out" / "train" / ".work" / "validated.tsv"
+    deadline = time.monotonic() + 60
+    while not (journal.exists() and journal.stat().st_size) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = _children(proc.pid)
+    assert workers, "no worker processes seen"
+    proc.kill()  # the parent only, as kill -9 <pid> does
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers)

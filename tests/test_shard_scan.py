@@ -70,3 +70,25 @@ def test_different_class_lists_name_the_difference():
     with pytest.raises(ScanError, match="only in train: n03; only in val: n04"):
         check_same_classes({"train": ["n01", "n03"], "val": ["n01", "n04"]})
     check_same_classes({"train": ["a"], "val": ["a"]})
+
+
+def test_a_directory_symlink_loop_is_visited_once_and_reported(tmp_path):
+    root = make_folder(tmp_path, ["a", "b"], per_class=4)
+    (root / "a" / "again").symlink_to(root / "a", target_is_directory=True)  # a -> a/again -> a ...
+    (root / "b" / "up").symlink_to(root, target_is_directory=True)  # b/up -> the split, twice over
+    classes = find_classes(root)
+    cands = list_candidates(root, classes)
+    kept = [c.path for c in cands if not c.skip]
+    assert kept == [f"{c}/img_{i:03d}.JPEG" for c in "ab" for i in range(4)]
+    loops = {c.path: c.skip for c in cands if c.skip}
+    assert set(loops) == {"a/again", "b/up"}
+    assert all(why.startswith("symlink loop: ") for why in loops.values())
+
+
+def test_a_symlinked_folder_that_is_no_loop_is_followed(tmp_path):
+    root = make_folder(tmp_path / "split", ["a"], per_class=1)
+    make_folder(tmp_path / "elsewhere", ["more"], per_class=2)
+    (root / "a" / "more").symlink_to(tmp_path / "elsewhere" / "more", target_is_directory=True)
+    tv = ImageFolder(root)
+    cands = list_candidates(root, find_classes(root))
+    assert [(str(root / c.path), c.label) for c in cands] == tv.samples

@@ -8,7 +8,7 @@ from pathlib import Path
 import nvidia.dali  # noqa: F401  (wds2idx.py ships beside it in site-packages)
 import pytest
 
-from shard.writer import index_of_tar, split_name, write_atomic, write_shard
+from shard.writer import index_of_tar, split_name, write_shard
 
 WDS2IDX = Path(nvidia.dali.__file__).parents[2] / "wds2idx.py"
 SAMPLES = [("00000000", b"\xff\xd8jpeg-bytes-0", 3), ("00000001", b"x" * 1000, 12),
@@ -49,11 +49,3 @@ def test_index_equals_dalis_wds2idx(tmp_path):
                    check=True, capture_output=True)
     assert (tmp_path / "s.idx").read_text() == (tmp_path / "ref.idx").read_text()
     assert index_of_tar(tmp_path / "s.tar") == (tmp_path / "ref.idx").read_text()
-
-
-def test_write_atomic_replaces_whole_file(tmp_path):
-    target = tmp_path / "m.json"
-    target.write_text("old")
-    write_atomic(target, b"new")
-    assert target.read_bytes() == b"new"
-    assert not (tmp_path / "m.json.tmp").exists()

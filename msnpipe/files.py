@@ -1,0 +1,94 @@
+"""Files every stage writes the same way: one writer at a time, whole lines, atomic replaces.
+
+    with exclusive(out / ".lock", f"{out}"):     # a second writer is refused, naming this one
+        lines = whole_lines(out / "journal.tsv")  # a line cut by a kill is cut off, not parsed
+        write_atomic(out / "manifest.json", data) # readers see the old file or the new one
+
+Locks are `flock`s on a file that names its holder (pid, host, start, command); the kernel
+drops them when the holder dies, so a killed run never leaves a stale lock behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from msnpipe.runtime import UserError
+
+
+class Busy(UserError):
+    """Another process is writing the same output."""
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """Create folder `path` if needed; a UserError if it is a file or cannot be written."""
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path}: is a file, expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what} {path}: cannot be created ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path}: not writable by this user")
+    return path
+
+
+def _holder() -> str:
+    now = datetime.datetime.now().isoformat(timespec="seconds")
+    cmd = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]
+    return f"pid {os.getpid()} on {socket.gethostname()} since {now} ({cmd})"
+
+
+@contextmanager
+def exclusive(lock_path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `lock_path` while the block runs; if another process holds it,
+    raise Busy naming that process."""
+    f = open(lock_path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise Busy(f"{what} is being written by {holder}; wait for it to finish or stop it "
+                   f"(lock file {lock_path})") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(_holder() + "\n")
+        f.flush()
+        yield
+    finally:
+        f.close()  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def whole_lines(path: Path) -> list[str]:
+    """The complete lines of an append-only file (without line ends). A last line cut short by a
+    kill is removed from the file, so the next append starts on a fresh line."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    whole = data[: data.rfind(b"\n") + 1]
+    if len(whole) != len(data):
+        os.truncate(path, len(whole))
+    return whole.decode("utf-8").split("\n")[:-1]
+
+
+def fsync_rename(tmp: Path, final: Path) -> None:
+    """Flush `tmp` to disk and rename it to `final` (atomic on POSIX file systems)."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    fsync_rename(tmp, path)

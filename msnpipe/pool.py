@@ -1,0 +1,67 @@
+"""Worker processes that never outlive their parent, and never hang it.
+
+    with worker_pool(4) as pool:                   # spawn workers, started once, reused
+        for result in ordered_map(pool, fn, items):  # in order; a dead worker raises
+            ...
+
+Workers ask the kernel to kill them when the parent dies (Linux `PR_SET_PDEATHSIG`) and also
+watch their parent's pid, so `kill -9` of a command leaves no workers behind.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
+
+PR_SET_PDEATHSIG = 1
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.5)
+
+
+def die_with_parent(parent: int) -> None:
+    """Worker initializer: exit as soon as process `parent` is gone."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the watcher thread alone
+        pass
+    if os.getppid() != parent:  # died before the request took effect
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def worker_pool(workers: int, initializer: Callable | None = None,
+                initargs: tuple = ()) -> ProcessPoolExecutor:
+    """`workers` spawned processes that die with this one; `initializer(*initargs)` runs in each."""
+    parent = os.getpid()
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init,
+                               initargs=(parent, initializer, initargs))
+
+
+def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable,
+                chunksize: int = 1) -> Iterator:
+    """`map(fn, items)` in order, in `pool` (or here when None); a dead worker raises, never hangs."""
+    if pool is None:
+        yield from map(fn, items)
+        return
+    try:
+        yield from pool.map(fn, items, chunksize=chunksize)
+    except BrokenProcessPool as e:
+        raise RuntimeError("a worker process died (out of memory or killed?)") from e

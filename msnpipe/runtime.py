@@ -1,0 +1,48 @@
+"""What every command shares: the error type for bad input, logging set-up, device choice.
+
+A command raises `UserError` (or a subclass) for anything the user can fix — a bad path,
+a value out of range, a store built from other inputs — and its `main` turns exactly these
+into one line and exit status 1. Every other exception keeps its traceback.
+
+    from msnpipe.runtime import UserError, setup_logging, pick_device
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported only where a device is picked
+    import torch
+
+LOGGERS = ("shard", "embed", "probe", "bench", "msnpipe")
+LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+class UserError(Exception):
+    """Bad input or state the user can fix: printed as one line, exit status 1."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Timestamped lines on stderr for msnpipe's loggers; other libraries stay at WARNING."""
+    logging.basicConfig(format=LOG_FORMAT)
+    for name in LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto` is this rank's GPU when CUDA is there, else the CPU; `cuda` is `cuda:<local_rank>`.
+    Accepts auto | cpu | cuda | cuda:N; anything else, or CUDA without a GPU, is a UserError."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        name = f"cuda:{local_rank}"
+    if name != "cpu" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if name.startswith("cuda") and int(name[5:]) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device(name)

@@ -1,0 +1,90 @@
+"""msnpipe.files, msnpipe.pool, msnpipe.runtime: locks that name their holder, whole lines,
+atomic writes, workers that die with their parent, device names."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from msnpipe.files import Busy, exclusive, whole_lines, writable_dir, write_atomic
+from msnpipe.runtime import UserError, pick_device
+
+
+def test_write_atomic_replaces_whole_file(tmp_path):
+    target = tmp_path / "m.json"
+    target.write_text("old")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert not (tmp_path / "m.json.tmp").exists()
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    lock = tmp_path / ".lock"
+    with exclusive(lock, "out"):
+        with pytest.raises(Busy, match=rf"out is being written by pid {os.getpid()} on .* since"):
+            with exclusive(lock, "out"):
+                pass
+    with exclusive(lock, "out"):  # released on exit
+        pass
+
+
+def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path):
+    lock = tmp_path / ".lock"
+    code = ("import sys, time; from pathlib import Path; from msnpipe.files import exclusive\n"
+            f"with exclusive(Path({str(lock)!r}), 'x'):\n    print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(Busy, match=f"pid {holder.pid} "):
+        with exclusive(lock, "x"):
+            pass
+    holder.kill()
+    holder.wait()
+    with exclusive(lock, "x"):  # the kernel dropped the dead holder's lock
+        pass
+
+
+def test_whole_lines_cuts_a_line_cut_short(tmp_path):
+    path = tmp_path / "j.tsv"
+    assert whole_lines(path) == []
+    path.write_bytes(b"a\t1\nb\t2\nc\t")
+    assert whole_lines(path) == ["a\t1", "b\t2"]
+    assert path.read_bytes() == b"a\t1\nb\t2\n"
+
+
+def test_writable_dir(tmp_path):
+    assert writable_dir(tmp_path / "a" / "b", "OUT").is_dir()
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UserError, match="is a file, expected a folder"):
+        writable_dir(tmp_path / "f", "OUT")
+    with pytest.raises(UserError, match="cannot be created"):
+        writable_dir(tmp_path / "f" / "sub", "OUT")
+
+
+def test_pool_workers_exit_when_the_parent_is_killed(tmp_path):
+    code = ("import os, time\nfrom msnpipe.pool import worker_pool\n"
+            "with worker_pool(2) as pool:\n"
+            "    pids = set(pool.map(os.getpid, [], chunksize=1)) | {pool.submit(os.getpid).result() "
+            "for _ in range(8)}\n"
+            "    print(' '.join(map(str, pids)), flush=True); time.sleep(60)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    workers = [int(p) for p in parent.stdout.readline().split()]
+    assert workers
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{w}") for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(os.path.exists(f"/proc/{w}") for w in workers)
+
+
+def test_pick_device():
+    assert str(pick_device("cpu")) == "cpu"
+    with pytest.raises(UserError, match="expected auto, cpu, cuda or cuda:N"):
+        pick_device("gpu")
+    import torch
+    if not torch.cuda.is_available():
+        assert str(pick_device("auto")) == "cpu"
+        with pytest.raises(UserError, match="CUDA is not available"):
+            pick_device("cuda")
