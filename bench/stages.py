@@ -200,8 +200,8 @@ def _embed_ours(ws: Workspace, encoder: str, counter) -> int:
     from embed.run import Config, run
 
     out = ws.root / f"store_{next(counter)}.zarr"
-    stats = run(Config(ws.shards, "val", (encoder,), str(ws.checkpoint(encoder)), out,
-                       device=str(ws.device)))
+    stats = run(Config(shards=ws.shards, split="val", encoders=(encoder,),
+                       weights=str(ws.checkpoint(encoder)), out=out, device=str(ws.device)))
     shutil.rmtree(out)
     return stats["images"]
 

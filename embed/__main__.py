@@ -20,11 +20,10 @@ import logging
 import sys
 from pathlib import Path
 
-from embed.checkpoint import CheckpointError
 from embed.encoders import ENCODERS, KINDS, get_spec
 from embed.run import Config, run
-from embed.store import DTYPES, StoreError
-from shard.reader import ShardFormatError
+from embed.store import DTYPES
+from msnpipe.runtime import UserError, setup_logging
 
 log = logging.getLogger("embed")
 
@@ -75,20 +74,20 @@ def parse_args(argv: list[str] | None = None) -> Config:
     extra = {"threads": a.threads} if a.threads else {}
     if a.views < 0:
         p.error("--views: a whole number >= 0")
-    return Config(a.shards, a.split, names, a.weights, a.out, a.kind, a.precision, a.compile,
-                  a.batch_size, a.device, a.check_drift, a.dtype, views=a.views, augment=a.augment,
-                  view_seed=a.view_seed, **extra)
+    return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
+                  kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
+                  device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
+                  augment=a.augment, view_seed=a.view_seed, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the embed stage; return the exit status."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("embed").setLevel(logging.INFO)
+    setup_logging()
     cfg = parse_args(argv)
     log.info("config: %s", cfg)
     try:
         s = run(cfg)
-    except (ShardFormatError, StoreError, CheckpointError, RuntimeError) as e:
+    except UserError as e:
         log.error("%s", e)
         return 1
     busy = s["wait_s"] + s["compute_s"]

@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from embed.encoders import EncoderSpec, build_model
+from msnpipe.runtime import UserError
 
 log = logging.getLogger("embed")
 HEAD_PREFIXES = ("fc.", "pred.")  # MSN's projection head and (unused) predictor
 RANDOM_MARK = "msnpipe_random_weights"  # top-level key of checkpoints from save_random_checkpoint
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not hold the backbone the encoder expects."""
 
 
@@ -79,6 +80,19 @@ def random_model(spec: EncoderSpec, seed: int = 0) -> nn.Module:
     return model
 
 
+def _load(path: Path) -> dict:
+    """torch.load of an official checkpoint, memory-mapped (only what is used is read); any
+    file torch cannot read as a checkpoint is a CheckpointError naming it."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is empty)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # zip, pickle and EOF errors alike: the file is not what was asked for
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {first}); "
+                              f"download it again with `make weights`") from None
+
+
 def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dict]:
     """The model of `spec` with weights from an MSN checkpoint, or random for "random"."""
     if str(weights) == "random":
@@ -89,7 +103,7 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
     path = Path(weights)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint (run `make weights ENCODER={spec.name}`)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # read what is used
+    ckpt = _load(path)
     state = _backbone(ckpt, path)
     with torch.device("meta"):  # no memory and no init for weights about to be replaced
         model = build_model(spec, init=False)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from embed.store import StoreError, open_embeddings
+from embed.store import open_embeddings
+from msnpipe.runtime import UserError, setup_logging
 
 log = logging.getLogger("embed.export")
 
@@ -38,7 +39,7 @@ def export(store: Path, encoder: str, split: str, out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """Export one (encoder, split); exit status 1 with a clear message on a bad store."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    setup_logging()
     p = argparse.ArgumentParser(prog="python -m embed.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         written = export(a.store, a.encoder, a.split, a.out)
-    except StoreError as e:
+    except UserError as e:
         log.error("%s", e)
         return 1
     log.info("wrote %s", ", ".join(map(str, written)))

@@ -1,6 +1,9 @@
-"""python -m embed.info STORE: what a store holds and what is incomplete.
+"""python -m embed.info STORE: what a store's attributes and done-flags say about each group.
 
     python -m embed.info out/embeddings.zarr
+
+It reads the attributes and the `shards_done` flags, not the rows: "marked done" means a
+writer recorded the shard as written. `python -m embed.verify STORE` reads every chunk back.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ def describe(path: Path) -> list[str]:
         done = store.done_shards(g)
         a = g.attrs.asdict()
         n, d = g["embeddings"].shape
-        state = "complete" if a.get("complete") else f"INCOMPLETE: {int(done.sum())}/{len(done)} shards"
+        state = (f"{int(done.sum())}/{len(done)} shards marked done" +
+                 ("" if a.get("complete") else ", INCOMPLETE: rerun python -m embed"))
         extra = " RANDOM WEIGHTS" if a.get("random_weights") else ""
         drift = a.get("drift")
         drift_txt = f", drift min cos {drift['min_cos']:.5f}" if drift else ""
@@ -38,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.store / "zarr.json").exists():
         print(f"{a.store}: not a Zarr store", file=sys.stderr)
         return 1
-    print("\n".join(describe(a.store)) or f"{a.store}: empty")
+    lines = describe(a.store)
+    print("\n".join(lines) or f"{a.store}: empty")
+    if lines:
+        print("(flags and attributes only; python -m embed.verify reads every chunk back)")
     return 0
 
 

@@ -1,19 +1,25 @@
-"""The embedding loop: shards -> DALI batches -> one or more compiled ViTs -> Zarr rows.
+"""The embedding run: shards -> decoded batches -> one or more ViTs -> Zarr rows.
 
-A rank (one process of a torchrun job, or the only process) owns shards i with
-i % world_size == rank, skips those already marked done, and writes each shard's rows
-as soon as all of them have arrived, then marks the shard done. Rank 0 marks the group
-complete once every shard is done. A killed run, started again, does only what is missing.
+    from embed.run import Config, run
+    run(Config(shards=Path("out/shards"), split="val", encoders=("vits16_800ep",),
+               weights="weights/", out=Path("out/embeddings.zarr")))
+
+Rank 0 (of a torchrun job, or the only process) holds each group's writer lock, creates
+missing groups atomically and refuses mismatched ones. The shards not yet done are then dealt
+across the ranks (`deal`); each rank writes a shard's rows as soon as all of them have
+arrived and marks it done. Rank 0 marks the group complete once every shard is done. A killed
+run, started again with any number of processes, does only what is missing.
 """
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import platform
 import time
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,17 +28,21 @@ import torch
 from tqdm import tqdm
 
 from embed import store
+from embed.assemble import ShardAssembler
 from embed.checkpoint import load_encoder, resolve_weights
-from embed.encoders import Embedder, EncoderSpec, get_spec
+from embed.encoders import EncoderSpec, get_spec
 from embed.pipeline import Views, batches
+from embed.runner import EncoderRunner, HostRows, autocast
+from msnpipe.runtime import UserError, pick_device
 from shard.reader import Split, open_split
 
 log = logging.getLogger("embed")
 AUTO_BATCHES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 CPU_BATCH = 16  # measured: on CPUs, larger batches run slower per image (cache)
+BARRIER_TIMEOUT = datetime.timedelta(days=7)  # a rank may wait long for the slowest one
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
     """Every setting of one `python -m embed` run (see __main__ for the options)."""
 
@@ -66,34 +76,25 @@ class Dist:
         if self.world > 1:
             torch.distributed.barrier()
 
+    def from_rank0(self, value):
+        """Rank 0's `value`, on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
 
-def init_dist(device_kind: str) -> Dist:
-    """Join the torchrun job described by the environment, if any (nccl on CUDA, else gloo)."""
+
+def init_dist() -> Dist:
+    """Join the torchrun job described by the environment, if any. Ranks only coordinate
+    (barriers, small objects), so gloo serves on every device, with a timeout long enough
+    for a rank with little work to wait for the others."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist()
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+        torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def pick_device(name: str, local_rank: int) -> torch.device:
-    """`auto` is this rank's GPU when CUDA is there, else the CPU."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def autocast(device: torch.device, precision: str):
-    """The autocast context for a precision (none for fp32)."""
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
 
 
 def versions() -> dict:
@@ -112,83 +113,30 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
+@dataclass
 class Target:
-    """One encoder being embedded: its model, its store group, and rows not yet written."""
+    """One encoder being embedded: its runner, its store group, and its shard assembler."""
 
-    def __init__(self, spec: EncoderSpec, model: torch.nn.Module, group, split: Split,
-                 cfg: Config, device: torch.device, precision: str):
-        self.spec, self.group, self.split = spec, group, split
-        self.device, self.precision = device, precision
-        self.eager = Embedder(model, cfg.kind).to(device).eval()
-        use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
-        self.compiled = use_compile
-        self.model = torch.compile(self.eager, dynamic=False) if use_compile else self.eager
-        self.chunk = 1 << 30  # micro-batch size; halves on CUDA out-of-memory
-        self.pending: dict[int, np.ndarray] = {}  # shard -> rows [n, D]
-        self.pending_views: dict[int, np.ndarray] = {}  # shard -> rows [n, K, D]
-        self.filled: dict[int, int] = {}
-        self.drift_left, self.drift_cos = cfg.check_drift, []
-        self.done = store.done_shards(group)
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, 224, 224] -> [B, D] float32 on the model's device."""
-        while True:
-            try:
-                with autocast(self.device, self.precision):
-                    return torch.cat([self.model(c) for c in x.split(self.chunk)]).float()
-            except torch.cuda.OutOfMemoryError:
-                if min(self.chunk, len(x)) == 1:
-                    raise
-                self.chunk = max(1, min(self.chunk, len(x)) // 2)
-                torch.cuda.empty_cache()
-                log.warning("%s: out of memory; micro-batches of %d", self.spec.name, self.chunk)
-
-    @torch.inference_mode()
-    def drift(self, x: torch.Tensor, rows: torch.Tensor, real: int) -> None:
-        """Cosine between these rows and fp32 eager rows, for the first K images."""
-        take = min(self.drift_left, real)
-        if take <= 0:
-            return
-        ref = self.eager(x[:take].float())
-        self.drift_cos += torch.nn.functional.cosine_similarity(rows[:take], ref, dim=1).tolist()
-        self.drift_left -= take
-
-    def consume(self, rows: np.ndarray, indices: np.ndarray, views: np.ndarray | None = None) -> None:
-        """Buffer rows [B, D] (and views [B, K, D]) by sample index; write each shard made whole."""
-        k = self.split.samples_per_shard
-        for j, index in enumerate(indices):
-            if index < 0:
-                continue  # padding
-            s = int(index) // k
-            if self.done[s]:
-                continue
-            n = self.split.shards[s].num_samples
-            buf = self.pending.setdefault(s, np.empty((n, rows.shape[1]), dtype=np.float32))
-            buf[index - s * k] = rows[j]
-            if views is not None:
-                vbuf = self.pending_views.setdefault(s, np.empty((n, *views.shape[1:]), np.float32))
-                vbuf[index - s * k] = views[j]
-            self.filled[s] = self.filled.get(s, 0) + 1
-            if self.filled[s] == n:
-                store.write_rows(self.group, s, s * k, self.pending.pop(s), self.pending_views.pop(s, None))
-                del self.filled[s]
-                self.done[s] = True
+    spec: EncoderSpec
+    runner: EncoderRunner
+    group: object  # zarr.Group
+    assembler: ShardAssembler
+    info: dict
+    identity: dict
 
 
-def _auto_batch(target: Target, device: torch.device) -> int:
-    """The largest batch in AUTO_BATCHES whose forward fits on the GPU."""
-    for b in AUTO_BATCHES:
-        try:
-            x = torch.zeros(b, 3, 224, 224, device=device)
-            with torch.inference_mode(), autocast(device, target.precision):
-                target.eager(x)
-            del x
-            torch.cuda.empty_cache()
-            return b
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-    raise RuntimeError(f"{target.spec.name}: not even a batch of 1 fits on {device}")
+@dataclass
+class Pending:
+    """One batch's rows of one target on their way to the host."""
+
+    target: Target
+    rows: HostRows
+    views: HostRows | None
+    indices: np.ndarray
+
+    def land(self) -> None:
+        self.target.assembler.add(self.rows.numpy(), self.indices,
+                                  self.views.numpy() if self.views is not None else None)
 
 
 def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, precision: str) -> dict:
@@ -202,131 +150,175 @@ def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, 
     }))
 
 
-def _attrs(spec: EncoderSpec, cfg: Config, info: dict, identity: dict, device: torch.device,
-           batch: int, split: Split) -> dict:
+def _attrs(t: Target, cfg: Config, device: torch.device, batch: int, split: Split) -> dict:
     return {
-        "encoder": spec.name, "architecture": spec.arch, "spec": spec.describe(), "kind": cfg.kind,
-        "weights": info["weights"], "weights_sha256": info["weights_sha256"],
-        "random_weights": info["random_weights"], "preprocessing": identity["preprocessing"],
-        "precision": identity["precision"], "device": device_name(device), "batch_size": batch,
+        "encoder": t.spec.name, "architecture": t.spec.arch, "spec": t.spec.describe(), "kind": cfg.kind,
+        "weights": t.info["weights"], "weights_sha256": t.info["weights_sha256"],
+        "random_weights": t.info["random_weights"], "preprocessing": t.identity["preprocessing"],
+        "precision": t.identity["precision"], "device": device_name(device), "batch_size": batch,
         "versions": versions(), "shards": str(split.dir), "shards_manifest_sha256": split.manifest_sha256,
-        "num_shards": len(split.shards), "classes": split.classes, "identity": identity,
+        "num_shards": len(split.shards), "classes": split.classes, "identity": t.identity,
     }
 
 
-def prepare_target(name: str, cfg: Config, split: Split, device: torch.device, precision: str,
-                   dist: Dist) -> tuple[Target, dict, dict]:
-    """Load one encoder and open (rank 0: create) its group, refusing a mismatched one."""
-    spec = get_spec(name)
-    weights = resolve_weights(cfg.weights, name, several=len(cfg.encoders) > 1)
-    model, info = load_encoder(spec, weights)
-    identity = _identity(spec, split, cfg, info, precision)
+def ensure_group(cfg: Config, name: str, split: Split, identity: dict) -> None:
+    """Rank 0, holding the writer lock: create the group if absent (or half-made by an older
+    version), else refuse it unless it was built from the same inputs and settings."""
     group = store.open_group(cfg.out, name, split.name, mode="a")
-    if group is not None and (diff := store.identity_mismatch(group, identity)):
-        raise store.StoreError(f"{cfg.out}/{name}/{split.name} was built from other inputs or "
-                               f"settings ({'; '.join(diff)}); use another --out or remove it")
-    if group is None and dist.rank == 0:
-        layout = store.Layout(split.num_samples, spec.dim, split.samples_per_shard,
-                              len(split.shards), cfg.dtype, cfg.views)
-        group = store.create_group(cfg.out, name, split.name, layout, split.labels(),
-                                   split.paths(), {"identity": identity})
-    dist.barrier()
-    group = store.open_group(cfg.out, name, split.name, mode="a")
-    return Target(spec, model, group, split, cfg, device, precision), info, identity
+    half_made = group is not None and not store.is_whole(group)
+    if group is not None and not half_made:
+        if diff := store.identity_mismatch(group, identity):
+            raise store.StoreError(f"{cfg.out}/{name}/{split.name} was built from other inputs or "
+                                   f"settings ({'; '.join(diff)}); use another --out or remove it")
+        return
+    if half_made:
+        log.warning("%s/%s/%s was left half-made by an interrupted run; creating it again",
+                    cfg.out, name, split.name)
+    layout = store.Layout(split.num_samples, get_spec(name).dim, split.samples_per_shard,
+                          len(split.shards), cfg.dtype, cfg.views,
+                          len(split.classes) if split.multilabel else 0)
+    store.create_group(cfg.out, name, split.name, layout, {"identity": identity}, overwrite=half_made)
 
 
-class HostRows:
-    """Rows on their way to the host. On CUDA the copy goes to pinned memory without blocking
-    and is waited for only when the rows are needed, one batch later, so the GPU already has
-    the next batch's forward queued while the host writes; on the CPU it is the tensor itself."""
+def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: str, dist: Dist,
+                    locks: ExitStack) -> list[Target]:
+    """Load every encoder; rank 0 locks and creates or checks its group; all ranks open it."""
+    labels, paths = split.labels(), split.paths()  # samples.tsv checked before anything is made
+    loaded = []
+    for name in cfg.encoders:
+        spec = get_spec(name)
+        model, info = load_encoder(spec, resolve_weights(cfg.weights, name, several=len(cfg.encoders) > 1))
+        loaded.append((spec, model, info, _identity(spec, split, cfg, info, precision)))
+    error = None
+    if dist.rank == 0:
+        try:
+            for spec, _, _, identity in loaded:
+                locks.enter_context(store.writer_lock(cfg.out, spec.name, split.name))
+                ensure_group(cfg, spec.name, split, identity)
+        except UserError as e:
+            error = e
+    message = dist.from_rank0(None if error is None else str(error))
+    if error is not None:
+        raise error
+    if message is not None:  # rank 0 refused: every rank stops with its reason
+        raise UserError(message)
+    targets = []
+    for spec, model, info, identity in loaded:
+        group = store.open_group(cfg.out, spec.name, split.name, mode="a")
+        k = split.samples_per_shard
 
-    def __init__(self, rows: torch.Tensor):
-        if rows.device.type != "cuda":
-            self.host, self.event = rows, None
-            return
-        self.host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-        self.host.copy_(rows, non_blocking=True)
-        self.event = torch.cuda.Event()
-        self.event.record()
+        def write(s: int, rows: np.ndarray, views: np.ndarray | None, group=group) -> None:
+            lo = s * k
+            store.write_shard(group, s, lo, rows, labels[lo : lo + len(rows)], paths[lo : lo + len(rows)],
+                              views)
 
-    def numpy(self) -> np.ndarray:
-        if self.event is not None:
-            self.event.synchronize()
-        return self.host.numpy()
+        use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
+        runner = EncoderRunner(spec, model, kind=cfg.kind, device=device, precision=precision,
+                               compile=use_compile, drift_images=cfg.check_drift)
+        targets.append(Target(spec, runner, group, ShardAssembler(split, store.done_shards(group), write),
+                              info, identity))
+    return targets
 
 
-def _submit(target: Target, b, real: int) -> tuple[Target, HostRows, HostRows | None, np.ndarray]:
+def _auto_batch(runner: EncoderRunner, device: torch.device) -> int:
+    """The largest batch in AUTO_BATCHES whose forward fits on the GPU."""
+    for b in AUTO_BATCHES:
+        try:
+            x = torch.zeros(b, 3, 224, 224, device=device)
+            with torch.inference_mode(), autocast(device, runner.precision):
+                runner.eager(x)
+            del x
+            torch.cuda.empty_cache()
+            return b
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+    raise RuntimeError(f"{runner.spec.name}: not even a batch of 1 fits on {device}")
+
+
+def deal(done: list[np.ndarray], dist: Dist) -> list[int]:
+    """This rank's shards: those some target has not done, dealt round-robin over the ranks, so
+    a resumed job spreads what is left evenly whatever was finished before."""
+    todo = [i for i in range(len(done[0])) if not all(d[i] for d in done)]
+    return todo[dist.rank :: dist.world]
+
+
+def _submit(t: Target, b, real: int) -> Pending:
     """Queue one batch's forward passes (rows, and views [B, K, D]) and their copies to the host."""
-    # a compiled graph wants the padded fixed-size batch; eager skips the padding
-    keep = len(b.indices) if target.compiled else real
-    rows = target.forward(b.images[:keep])  # [B, D]
-    target.drift(b.images[:keep], rows, real)
-    views = torch.stack([target.forward(v[:keep]) for v in b.views], 1) if b.views else None
-    return target, HostRows(rows), (HostRows(views) if views is not None else None), b.indices[:keep]
-
-
-def _finish(submitted: list[tuple]) -> None:
-    for target, rows, views, indices in submitted:
-        target.consume(rows.numpy(), indices, views.numpy() if views is not None else None)
+    keep = len(b.indices) if t.runner.compiled else real  # a compiled graph wants the full batch
+    rows = t.runner.forward(b.images[:keep])  # [B, D]
+    t.runner.measure_drift(b.images[:keep], rows, real)
+    views = torch.stack([t.runner.forward(v[:keep]) for v in b.views], 1) if b.views else None
+    return Pending(t, HostRows(rows), HostRows(views) if views is not None else None, b.indices[:keep])
 
 
 def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config,
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings."""
     order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
-    n = len(order)
     dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))
     views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
     stream = batches([tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
                      targets[0].spec.preprocess, batch, device, dali_threads, views)
     wait = compute = 0.0
-    bar = tqdm(total=n, desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
+    bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
-    previous: list[tuple] = []
+    previous: list[Pending] = []
     for b in stream:
         t1 = time.perf_counter()
         real = int((b.indices >= 0).sum())
         submitted = [_submit(target, b, real) for target in targets]
-        _finish(previous)  # the batch before: its copies had a whole forward pass to land
+        for p in previous:  # the batch before: its copies had a whole forward pass to land
+            p.land()
         previous = submitted
         t2 = time.perf_counter()
         wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
         bar.update(real)
-    _finish(previous)
+    for p in previous:
+        p.land()
     bar.close()
-    return {"images": n, "wait_s": wait, "compute_s": compute}
+    return {"images": len(order), "wait_s": wait, "compute_s": compute}
 
 
-def run(cfg: Config) -> dict:
-    """Embed one split with every encoder of `cfg`; return a summary."""
-    dist = init_dist("cuda" if cfg.device.startswith("cuda") or (
-        cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+def _runtime(cfg: Config) -> tuple[Dist, torch.device, str]:
+    """Join the job, pick this rank's device and threads; the precision it implies."""
+    dist = init_dist()
     device = pick_device(cfg.device, dist.local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.set_num_threads(max(1, cfg.threads // (dist.world if device.type == "cpu" else 1)))
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    split = open_split(cfg.shards, cfg.split)
-    prepared = [prepare_target(name, cfg, split, device, precision, dist) for name in cfg.encoders]
-    targets = [t for t, _, _ in prepared]
-    batch = cfg.batch_size or (_auto_batch(targets[-1], device) if device.type == "cuda" else CPU_BATCH)
-    if dist.rank == 0:
-        for (t, info, identity) in prepared:
-            t.group.attrs.update(_attrs(t.spec, cfg, info, identity, device, batch, split))
-    mine = [i for i in range(len(split.shards))
-            if i % dist.world == dist.rank and not all(t.done[i] for t in targets)]
-    log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s", dist.rank, dist.world,
-             len(mine), device_name(device), batch, precision, targets[0].compiled)
-    stats = _loop(targets, split, mine, cfg, device, batch, show=dist.rank == 0)
+    return dist, device, precision
+
+
+def _finish(targets: list[Target], dist: Dist) -> bool | None:
+    """Check every shard was whole; rank 0 records drift and marks complete groups."""
     for t in targets:
-        if t.pending:
-            raise RuntimeError(f"{t.spec.name}: shards {sorted(t.pending)} were read incompletely")
-        if t.drift_cos and dist.rank == 0:
-            t.group.attrs.update({"drift": {"images": len(t.drift_cos), "min_cos": min(t.drift_cos),
-                                            "mean_cos": float(np.mean(t.drift_cos))}})
+        if t.assembler.unfinished():
+            raise RuntimeError(f"{t.spec.name}: shards {t.assembler.unfinished()} were read incompletely")
+        if (drift := t.runner.drift()) and dist.rank == 0:
+            t.group.attrs.update({"drift": drift})
     dist.barrier()
     # only rank 0 checks and marks completion; other ranks do not know it
-    complete = all([store.mark_complete_if_done(t.group) for t in targets]) if dist.rank == 0 else None
+    return all([store.mark_complete_if_done(t.group) for t in targets]) if dist.rank == 0 else None
+
+
+def run(cfg: Config) -> dict:
+    """Embed one split with every encoder of `cfg`; return a summary."""
+    dist, device, precision = _runtime(cfg)
+    split = open_split(cfg.shards, cfg.split)
+    with ExitStack() as locks:
+        targets = prepare_targets(cfg, split, device, precision, dist, locks)
+        batch = cfg.batch_size or (_auto_batch(targets[-1].runner, device) if device.type == "cuda"
+                                   else CPU_BATCH)
+        if dist.rank == 0:
+            for t in targets:
+                t.group.attrs.update(_attrs(t, cfg, device, batch, split))
+        dist.barrier()
+        mine = deal([store.done_shards(t.group) for t in targets], dist)
+        log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s", dist.rank,
+                 dist.world, len(mine), device_name(device), batch, precision, targets[0].runner.compiled)
+        stats = _loop(targets, split, mine, cfg, device, batch, show=dist.rank == 0)
+        complete = _finish(targets, dist)
     return stats | {"rank": dist.rank, "world": dist.world, "batch": batch, "device": str(device),
                     "precision": precision, "complete": complete}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msnpipe.runtime import setup_logging
 from shard.reader import ShardFormatError, Split, list_splits, open_split
 from shard.writer import index_of_tar
 
@@ -142,8 +143,7 @@ def verify_split(split: Split, decode: bool = False) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Verify the requested splits; exit status 1 on any problem."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("shard").setLevel(logging.INFO)
+    setup_logging()
     p = argparse.ArgumentParser(prog="python -m shard.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="the OUT folder given to python -m shard")

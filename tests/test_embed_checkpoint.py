@@ -81,3 +81,11 @@ def test_random_weights_are_marked(caplog):
     _, info = load_encoder(get_spec("vits16_800ep"), "random")
     assert info == {"weights": "random", "weights_sha256": None, "random_weights": True}
     assert "RANDOM weights" in caplog.text and "make weights" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"", b"\x8f\x13 random bytes, not a checkpoint" * 40])
+def test_an_empty_or_garbage_weights_file_gets_one_line_naming_it(tmp_path, content):
+    path = tmp_path / "vits16_800ep.pth.tar"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{path}: not a PyTorch checkpoint"):
+        load_encoder(get_spec("vits16_800ep"), path)

@@ -149,7 +149,8 @@ def test_torchrun_two_processes_equal_one(embed_shards, vits_checkpoint, store, 
 
 def _run(shards, out, encoders, **kw):
     from embed.run import Config, run
-    return run(Config(shards, "val", tuple(encoders), "random", out, batch_size=4, threads=2, **kw))
+    return run(Config(shards=shards, split="val", encoders=tuple(encoders), weights="random", out=out,
+                      batch_size=4, threads=2, **kw))
 
 
 @pytest.mark.slow
@@ -209,7 +210,8 @@ def _views(out):
 def test_views_are_reproducible_across_batch_sizes(embed_shards, tiny_encoders, tmp_path):
     _run(embed_shards, tmp_path / "b4.zarr", ["tiny_a"], views=3, view_seed=5)
     from embed.run import Config, run
-    run(Config(embed_shards, "val", ("tiny_a",), "random", tmp_path / "b7.zarr", batch_size=7,
+    run(Config(shards=embed_shards, split="val", encoders=("tiny_a",), weights="random",
+               out=tmp_path / "b7.zarr", batch_size=7,
                threads=2, views=3, view_seed=5))
     a, b = _views(tmp_path / "b4.zarr"), _views(tmp_path / "b7.zarr")
     assert a.shape == (17, 3, 32) and np.isfinite(a).all()

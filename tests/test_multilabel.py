@@ -51,7 +51,8 @@ def test_embed_stores_multi_hot_labels(tmp_path, tiny_encoders):
     from embed.run import Config, run
     from embed.store import open_embeddings
     shards = _voc_shards(tmp_path)
-    run(Config(shards, "trainval", ("tiny_a",), "random", tmp_path / "s.zarr", batch_size=2, threads=1))
+    run(Config(shards=shards, split="trainval", encoders=("tiny_a",), weights="random",
+               out=tmp_path / "s.zarr", batch_size=2, threads=1))
     e = open_embeddings(tmp_path / "s.zarr", "tiny_a", "trainval")
     assert e.labels.dtype == np.int8 and e.labels.shape == (5, 3) and e.shape == (5, 32)
     np.testing.assert_array_equal(e.labels, open_split(shards, "trainval").labels())

@@ -1,0 +1,158 @@
+"""python -m embed.verify STORE: read every chunk of every group back and report damage.
+
+    python -m embed.verify out/embeddings.zarr
+    python -m embed.verify out/embeddings.zarr --encoder vits16_800ep --split val --repair
+
+For each shard marked done, each array's chunk (embeddings, views, labels, paths) must be
+there, must decode (every chunk ends in a crc32c checksum, so one flipped byte fails here),
+and its rows must be finite. Reported per group, one line per problem: chunks missing
+(marked done, never written), chunks that fail to decode or their checksum, rows that are
+not finite. `--repair` unmarks the damaged shards, so the next `python -m embed` run writes
+them again (an imported group is rebuilt with `embed.from_npy --overwrite` instead).
+Exit status 1 when anything was found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from embed import store
+from msnpipe.runtime import UserError, setup_logging
+
+log = logging.getLogger("embed.verify")
+ROW_ARRAYS = ("embeddings", "views", "labels", "paths")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One damaged chunk: its shard, its array, and what is wrong, in words."""
+
+    shard: int
+    array: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"shard {self.shard}, {self.array}: {self.what}"
+
+
+def _chunk_file(group: zarr.Group, store_path: Path, name: str, shard: int) -> Path:
+    array = group[name]
+    key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
+    return store_path / group.path / name / key
+
+
+def _done_flags(group: zarr.Group) -> tuple[np.ndarray, list[Problem]]:
+    """shards_done read chunk by chunk: a chunk that fails to decode counts as done-and-damaged."""
+    flags = group["shards_done"]
+    done, problems = np.zeros(flags.shape[0], bool), []
+    for s in range(flags.shape[0]):
+        try:
+            done[s] = bool(flags[s])
+        except Exception as e:  # the codec's own error: checksum, zstd, truncated
+            done[s] = True
+            problems.append(Problem(s, "shards_done", f"chunk fails to decode ({_short(e)})"))
+    return done, problems
+
+
+def _short(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+
+
+def _check_chunk(group: zarr.Group, store_path: Path, name: str, shard: int, lo: int, hi: int
+                 ) -> Problem | None:
+    if not _chunk_file(group, store_path, name, shard).is_file():
+        return Problem(shard, name, "marked done but never written (chunk missing)")
+    try:
+        block = np.asarray(group[name][lo:hi])
+    except Exception as e:  # the codec's own error: checksum, zstd, truncated
+        return Problem(shard, name, f"chunk fails to decode ({_short(e)})")
+    if name in ("embeddings", "views"):
+        bad = int((~np.isfinite(block.reshape(len(block), -1)).all(1)).sum())
+        if bad:
+            return Problem(shard, name, f"{bad} of {hi - lo} rows are not finite")
+    return None
+
+
+def check_group(store_path: Path, encoder: str, split: str) -> tuple[list[Problem], int]:
+    """(every problem of one group, how many shards are marked done)."""
+    group = store.open_group(store_path, encoder, split)
+    done, problems = _done_flags(group)
+    k, n = group["embeddings"].chunks[0], group["embeddings"].shape[0]
+    for s in np.flatnonzero(done):
+        lo, hi = int(s) * k, min(n, (int(s) + 1) * k)
+        for name in (a for a in ROW_ARRAYS if a in group):
+            if (p := _check_chunk(group, store_path, name, int(s), lo, hi)) is not None:
+                problems.append(p)
+    return problems, int(done.sum())
+
+
+def repair(store_path: Path, encoder: str, split: str, problems: list[Problem]) -> list[int]:
+    """Unmark the damaged shards (holding the group's writer lock); return them."""
+    shards = sorted({p.shard for p in problems})
+    with store.writer_lock(store_path, encoder, split):
+        group = store.open_group(store_path, encoder, split, mode="a")
+        for s in shards:
+            group["shards_done"][s] = False
+        store.mark_complete_if_done(group)
+    return shards
+
+
+def _groups(path: Path, encoder: str | None, split: str | None) -> list[tuple[str, str]]:
+    if not (path / "zarr.json").is_file():
+        raise UserError(f"{path}: not a Zarr store")
+    groups = [(e, s) for e, s in store.list_groups(path)
+              if encoder in (None, e) and split in (None, s)]
+    if not groups:
+        raise UserError(f"{path}: no group matches --encoder {encoder} --split {split}")
+    return groups
+
+
+def verify(path: Path, encoder: str | None, split: str | None, fix: bool) -> bool:
+    """Check (and with `fix`, repair) the chosen groups; return whether all were sound."""
+    sound = True
+    for enc, spl in _groups(path, encoder, split):
+        problems, done = check_group(path, enc, spl)
+        for p in problems[:50]:
+            log.error("%s/%s: %s", enc, spl, p)
+        if len(problems) > 50:
+            log.error("%s/%s: and %d more problems", enc, spl, len(problems) - 50)
+        if not problems:
+            log.info("%s/%s: ok, every chunk of the %d shards marked done read back", enc, spl, done)
+            continue
+        sound = False
+        if fix:
+            shards = repair(path, enc, spl, problems)
+            imported = store.open_group(path, enc, spl).attrs.get("imported_from")
+            how = (f"import it again: python -m embed.from_npy {imported} --encoder {enc} --out {path} "
+                   "--overwrite" if imported else "rerun python -m embed to write them again")
+            log.warning("%s/%s: unmarked shards %s; %s", enc, spl, shards, how)
+    return sound
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify the store; exit status 1 on any problem."""
+    setup_logging()
+    p = argparse.ArgumentParser(prog="python -m embed.verify", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", type=Path)
+    p.add_argument("--encoder", default=None, help="only this encoder's groups")
+    p.add_argument("--split", default=None, help="only this split's groups")
+    p.add_argument("--repair", action="store_true",
+                   help="unmark damaged shards so the next embed run rewrites them")
+    a = p.parse_args(argv)
+    try:
+        return 0 if verify(a.store, a.encoder, a.split, a.repair) else 1
+    except UserError as e:
+        log.error("%s", e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
