@@ -35,7 +35,8 @@ class ShardAssembler:
             at = int(index) - s * self.k
             self.rows.setdefault(s, np.empty((self.sizes[s], rows.shape[1]), np.float32))[at] = rows[j]
             if views is not None:
-                self.views.setdefault(s, np.empty((self.sizes[s], *views.shape[1:]), np.float32))[at] = views[j]
+                buf = self.views.setdefault(s, np.empty((self.sizes[s], *views.shape[1:]), np.float32))
+                buf[at] = views[j]
             self.filled[s] = self.filled.get(s, 0) + 1
             if self.filled[s] == self.sizes[s]:
                 self.write(s, self.rows.pop(s), self.views.pop(s, None))

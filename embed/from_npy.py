@@ -79,7 +79,8 @@ def import_split(folder: Path, encoder: str, split: str, out: Path, overwrite: b
         g = store.create_group(out, encoder, split, layout, attrs, overwrite=overwrite)
         for s in range(layout.num_shards):
             lo, hi = s * ROWS_PER_CHUNK, min(n, (s + 1) * ROWS_PER_CHUNK)
-            store.write_shard(g, s, lo, np.asarray(rows[lo:hi], dtype=np.float32), labels[lo:hi], paths[lo:hi])
+            block = np.asarray(rows[lo:hi], dtype=np.float32)
+            store.write_shard(g, s, lo, block, labels[lo:hi], paths[lo:hi])
         store.mark_complete_if_done(g)
     return n, d
 

@@ -202,15 +202,13 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: 
         raise error
     if message is not None:  # rank 0 refused: every rank stops with its reason
         raise UserError(message)
-    targets = []
+    targets, k = [], split.samples_per_shard
     for spec, model, info, identity in loaded:
         group = store.open_group(cfg.out, spec.name, split.name, mode="a")
-        k = split.samples_per_shard
 
         def write(s: int, rows: np.ndarray, views: np.ndarray | None, group=group) -> None:
-            lo = s * k
-            store.write_shard(group, s, lo, rows, labels[lo : lo + len(rows)], paths[lo : lo + len(rows)],
-                              views)
+            lo, hi = s * k, s * k + len(rows)
+            store.write_shard(group, s, lo, rows, labels[lo:hi], paths[lo:hi], views)
 
         use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
         runner = EncoderRunner(spec, model, kind=cfg.kind, device=device, precision=precision,
