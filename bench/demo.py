@@ -61,7 +61,8 @@ def run_demo(out: Path, classes: int, train: int, val: int, seeds: int, per_clas
     step("what the store holds", "embed.info", str(store))
     step("few-shot curve", "probe", str(store), "--encoder", ENCODER, "--per-class", f"1-{per_class}",
          "--seeds", f"0-{seeds - 1}", "--out", str(probe))
-    step("kNN", "probe.knn", str(store), "--encoder", ENCODER, "--k", "5,10,20", "--out", str(probe))
+    ks = ",".join(str(k) for k in (5, 10, 20) if k <= classes * train) or str(classes * train)
+    step("kNN", "probe.knn", str(store), "--encoder", ENCODER, "--k", ks, "--out", str(probe))
     step("plot", "probe.plot", str(probe), "--out", str(probe / "fewshot.png"))
     step("table", "probe.table", str(probe))
     step("diagnostics", "probe.diagnose", str(store), "--encoder", ENCODER, "--out", str(out / "diagnose"),

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from embed.encoders import EncoderSpec, build_model
-from msnpipe.runtime import UserError
+from msnpipe.runtime import UserError, few
 
 log = logging.getLogger("embed")
 HEAD_PREFIXES = ("fc.", "pred.")  # MSN's projection head and (unused) predictor
@@ -43,16 +43,12 @@ def _backbone(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in ckpt["target_encoder"].items()}
 
 
-def _few(names: list[str], n: int = 4) -> str:
-    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
-
-
 def check_state(state: dict[str, torch.Tensor], model: nn.Module, spec: EncoderSpec, path: Path) -> None:
     """Every backbone tensor present with its shape, nothing else but the head."""
     want = model.state_dict()
     head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
     if head:
-        log.info("%s: ignoring the projection head (%s)", path.name, _few(head))
+        log.info("%s: ignoring the projection head (%s)", path.name, few(head, 4))
     missing = sorted(set(want) - set(state))
     extra = sorted(set(state) - set(want) - set(head))
     shapes = sorted(
@@ -62,8 +58,8 @@ def check_state(state: dict[str, torch.Tensor], model: nn.Module, spec: EncoderS
     if missing or extra or shapes:
         raise CheckpointError(
             f"{path}: does not fit {spec.name} ({spec.arch}: patch {spec.patch}, dim {spec.dim}, "
-            f"depth {spec.depth}, heads {spec.heads}): {len(missing)} missing [{_few(missing)}], "
-            f"{len(shapes)} misshapen [{_few(shapes, 2)}], {len(extra)} unexpected [{_few(extra)}]"
+            f"depth {spec.depth}, heads {spec.heads}): {len(missing)} missing [{few(missing, 4)}], "
+            f"{len(shapes)} misshapen [{few(shapes, 2)}], {len(extra)} unexpected [{few(extra, 4)}]"
         )
 
 

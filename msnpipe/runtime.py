@@ -23,6 +23,20 @@ class UserError(Exception):
     """Bad input or state the user can fix: printed as one line, exit status 1."""
 
 
+def few(names: list[str], limit: int = 5) -> str:
+    """'a, b, c and 7 more' (or 'none') for naming things in one line."""
+    if not names:
+        return "none"
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def difference(first: str, a: list[str], second: str, b: list[str]) -> str:
+    """'only in A: x, y; only in B: z' for two lists of names."""
+    return (f"only in {first}: {few(sorted(set(a) - set(b)))}; "
+            f"only in {second}: {few(sorted(set(b) - set(a)))}")
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Timestamped lines on stderr for msnpipe's loggers; other libraries stay at WARNING."""
     logging.basicConfig(format=LOG_FORMAT)

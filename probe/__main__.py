@@ -8,50 +8,29 @@ The reference protocol (msn-embeddings' evaluate_embeddings.py): standardize wit
 split's mean/std, draw n labels per class with numpy.random.default_rng(seed) exactly as
 the reference does, fit multinomial L2 logistic regression (C=1, 1000 iterations), report
 test accuracy and log-likelihood. Writes DIR/fewshot.csv (rows appended as they finish;
-a rerun skips rows already there) and DIR/config.json.
+a rerun skips rows already there, and more seeds or label counts extend it) and
+DIR/fewshot.json (the settings that made it; a rerun with other settings is refused).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 import time
 from pathlib import Path
 
-from embed.store import StoreError, open_embeddings
+from msnpipe.files import writable_dir
+from msnpipe.runtime import UserError, setup_logging
+from probe.args import float_list, int_list
 from probe.backends import BACKENDS, resolve
-from probe.data import ClassSampler, load_standardized, mean_std
+from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
 from probe.multilabel import run_multilabel
+from probe.results import ResultFile
 
 log = logging.getLogger("probe")
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'1-10' or '1,2,5' (or a mix: '0-4,10') as a tuple of ints."""
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out += list(range(int(lo), int(hi or lo) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 1-10 or 1,2,5") from None
-    if not out or min(out) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected non-negative numbers like 1-10")
-    return tuple(out)
-
-
-def float_list(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers like 1 or 0.01,0.1,1") from None
-    if any(v <= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: C must be > 0")
-    return values
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,42 +56,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if 0 in a.per_class:
         p.error("--per-class: counts start at 1")
+    if a.max_iter < 1:
+        p.error("--max-iter: a whole number >= 1")
     return a
+
+
+def identity(a: argparse.Namespace, train, test, proto: Protocol) -> dict:
+    """Every setting that changes a number of fewshot.csv (seeds and counts only select rows)."""
+    return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
+            "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+            "Cs": list(proto.Cs), "max_iter": proto.max_iter, "backend": proto.backend}
+
+
+def run(a: argparse.Namespace) -> int:
+    """The curve (or the multi-label evaluation) for parsed arguments."""
+    writable_dir(a.out, "--out")
+    proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs))
+    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    if a.multilabel:
+        run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out)
+        return 0
+    if train.labels.ndim != 1:
+        raise UserError(f"{a.encoder}/{a.train_split} has multi-hot labels: use --multilabel")
+    sampler = ClassSampler(train.labels, train.classes, f"{a.encoder}/{a.train_split}")
+    sampler.check(max(proto.per_class), a.train_split)
+    t = time.perf_counter()
+    mean, std = mean_std(train)  # [1, D] each; every row checked finite
+    test_std = load_standardized(test, mean, std)
+    log.info("train %s, test %s, statistics in %.1f s; backend %s", train.shape, test.shape,
+             time.perf_counter() - t, proto.backend)
+    settings = {"settings": vars(a), "protocol": vars(proto), "train_attrs": train.attrs,
+                "test_attrs": test.attrs}
+    ident = identity(a, train, test, proto)
+    with ResultFile.open(a.out, "fewshot", ident, settings) as results:
+        rows = run_curve(train, test_std, mean, std, proto, results, sampler)
+    if a.seed_layout:
+        write_seed_layout(results.path, a.out)
+    log.info("%d fits in %.1f s -> %s", len(rows), time.perf_counter() - t, results.path)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the few-shot curve; exit status 1 with one clear line on bad input."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("probe").setLevel(logging.INFO)
+    setup_logging()
     a = parse_args(argv)
     try:
-        proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs))
-        train = open_embeddings(a.store, a.encoder, a.train_split)
-        test = open_embeddings(a.store, a.encoder, a.test_split)
-        if a.multilabel:
-            run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out)
-            return 0
-        if train.labels.ndim != 1:
-            raise ValueError(f"{a.encoder}/{a.train_split} has multi-hot labels: use --multilabel")
-        sampler = ClassSampler(train.labels, train.attrs.get("classes"))
-        sampler.check(max(proto.per_class), a.train_split)
-    except (StoreError, ValueError, RuntimeError) as e:
+        return run(a)
+    except UserError as e:
         log.error("%s", e)
         return 1
-    a.out.mkdir(parents=True, exist_ok=True)
-    t = time.perf_counter()
-    mean, std = mean_std(train)  # [1, D] each
-    test_std = load_standardized(test, mean, std)
-    log.info("train %s, test %s, statistics in %.1f s; backend %s", train.shape, test.shape,
-             time.perf_counter() - t, proto.backend)
-    config = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-              "protocol": vars(proto), "train_attrs": train.attrs, "test_attrs": test.attrs}
-    (a.out / "config.json").write_text(json.dumps(config, indent=1, default=str) + "\n")
-    rows = run_curve(train, test_std, mean, std, proto, a.out / "fewshot.csv", sampler)
-    if a.seed_layout:
-        write_seed_layout(a.out / "fewshot.csv", a.out)
-    log.info("%d fits in %.1f s -> %s", len(rows), time.perf_counter() - t, a.out / "fewshot.csv")
-    return 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import logging
 
 import numpy as np
 
+from msnpipe.runtime import UserError
+
 BACKENDS = ("auto", "cuml", "sklearn")
 log = logging.getLogger("probe")
 
@@ -33,7 +35,7 @@ def resolve(backend: str) -> str:
     if backend == "auto":
         return "cuml" if cuml_available() else "sklearn"
     if backend == "cuml" and not cuml_available():
-        raise RuntimeError("--backend cuml: cuML cannot run here (not installed, or no GPU); "
+        raise UserError("--backend cuml: cuML cannot run here (not installed, or no GPU); "
                            "use --backend sklearn or install RAPIDS (environment.yaml)")
     return backend
 

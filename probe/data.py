@@ -11,7 +11,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from embed.store import EmbeddingSet
+from embed.store import EmbeddingSet, open_embeddings
+from msnpipe.runtime import UserError, difference
+
+
+def open_pair(store, encoder: str, train_split: str, test_split: str) -> tuple[EmbeddingSet, EmbeddingSet]:
+    """The (train, test) groups of an encoder; an error if their class lists differ, since their
+    labels would then mean different classes."""
+    train = open_embeddings(store, encoder, train_split)
+    test = open_embeddings(store, encoder, test_split)
+    a, b = train.classes, test.classes
+    if a != b and a is not None and b is not None:
+        raise UserError(f"{encoder}/{train_split} and {encoder}/{test_split} have different classes: "
+                        f"{difference(train_split, a, test_split, b)}; shard both splits with one "
+                        "class list (python -m shard --classes-from)")
+    return train, test
 
 
 def mean_std(e: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
@@ -52,9 +66,7 @@ def load_standardized(e: EmbeddingSet, mean: np.ndarray, std: np.ndarray) -> Sta
 
 def read_rows(e: EmbeddingSet, indices: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """Standardized rows [len(indices), D] in the order given, read as one sorted selection."""
-    unique, inverse = np.unique(indices, return_inverse=True)
-    rows = np.asarray(e.embeddings.get_orthogonal_selection((unique, slice(None))), dtype=np.float32)
-    return ((rows - mean) / std)[inverse]
+    return (e.rows(indices) - mean) / std
 
 
 class ClassSampler:
@@ -64,8 +76,11 @@ class ClassSampler:
     `rng.choice` are the same as these, built once, so the same rng gives the same draws.
     """
 
-    def __init__(self, labels: np.ndarray, class_names: list[str] | None = None):
+    def __init__(self, labels: np.ndarray, class_names: list[str] | None = None, where: str = "train"):
         self.classes = np.unique(labels)
+        if len(self.classes) < 2:
+            raise UserError(f"{where} has a single class ({', '.join(map(str, self.classes)) or 'none'}): "
+                            "a classifier needs two or more")
         order = np.argsort(labels, kind="stable")
         bounds = np.searchsorted(labels[order], self.classes, side="left").tolist() + [len(labels)]
         self.members = [order[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # each sorted
@@ -77,7 +92,7 @@ class ClassSampler:
         if small:
             c, k = small[0]
             name = f" ({self.names[c]})" if self.names and c < len(self.names) else ""
-            raise ValueError(f"class {c}{name} has only {k} samples in {split} ({len(small)} classes "
+            raise UserError(f"class {c}{name} has only {k} samples in {split} ({len(small)} classes "
                              f"have fewer than {n_per_class}); lower --per-class to at most "
                              f"{min(len(m) for m in self.members)}")
 

@@ -13,7 +13,8 @@ Writes DIR/diagnostics.json, DIR/diagnostics.md and PNGs (spectrum, CKA, 2-D map
   singular values) and the sorted variance spectrum;
 - kNN accuracy for every k up to 101 with plain (Euclidean), L2-normalized and
   mean-shifted-normalized features, train split as memory, majority vote;
-- linear CKA between every pair of encoders that hold the split in this store;
+- linear CKA between every pair of encoders whose groups of the split are complete and were
+  built from the same shards (the others are listed as left out, with the reason);
 - a t-SNE map of a class-balanced sample, colored by class.
 
 Everything is batched in torch (on the GPU when there is one); pairwise quantities are
@@ -33,8 +34,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings
-from probe.data import mean_std
+from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings, open_group
+from msnpipe.runtime import UserError, pick_device, setup_logging
+from probe.data import mean_std, open_pair
 
 log = logging.getLogger("probe")
 MAX_K = 101
@@ -127,8 +129,9 @@ def linear_cka(x: EmbeddingSet, y: EmbeddingSet, device: torch.device | str = "c
     mx, my = (torch.from_numpy(mean_std(e)[0]).to(device, torch.float64) for e in (x, y))
     xy = xx = yy = 0.0
     for start in range(0, x.shape[0], 8192):
-        a = torch.from_numpy(np.asarray(x.embeddings[start : start + 8192])).to(device, torch.float64) - mx
-        b = torch.from_numpy(np.asarray(y.embeddings[start : start + 8192])).to(device, torch.float64) - my
+        rows = np.arange(start, min(start + 8192, x.shape[0]))
+        a = torch.from_numpy(x.rows(rows)).to(device, torch.float64) - mx  # [b, D1]
+        b = torch.from_numpy(y.rows(rows)).to(device, torch.float64) - my  # [b, D2]
         xy, xx, yy = xy + a.T @ b, xx + a.T @ a, yy + b.T @ b  # [D1, D2], [D1, D1], [D2, D2]
     return float((xy**2).sum() / torch.sqrt((xx**2).sum() * (yy**2).sum()))
 
@@ -196,7 +199,7 @@ def _save(fig, out: Path) -> Path:
 
 
 def _rows(e: EmbeddingSet, idx: np.ndarray) -> np.ndarray:
-    return np.asarray(e.embeddings.get_orthogonal_selection((idx, slice(None))), dtype=np.float32)
+    return e.rows(idx)
 
 
 def _timed(times: dict, name: str, fn, *args):
@@ -219,12 +222,10 @@ def _views_part(e: EmbeddingSet, idx: np.ndarray, x: torch.Tensor, times: dict) 
             "views": int(v.shape[1])}
 
 
-def _knn_part(store: Path, encoder: str, train_split: str, e: EmbeddingSet, x: torch.Tensor,
-              idx: np.ndarray, times: dict) -> dict:
-    try:
-        train = open_embeddings(store, encoder, train_split)
-    except StoreError as err:
-        return {"knn_note": f"no kNN sweep: {err}"}
+def _knn_part(train: EmbeddingSet | str, e: EmbeddingSet, x: torch.Tensor, idx: np.ndarray,
+              times: dict) -> dict:
+    if isinstance(train, str):
+        return {"knn_note": train}
     y = torch.from_numpy(e.labels[idx].astype(np.int64)).to(x.device)
     sweep = {}
     for mode in ("plain", "norm", "shifted-norm"):
@@ -234,12 +235,32 @@ def _knn_part(store: Path, encoder: str, train_split: str, e: EmbeddingSet, x: t
     return {"knn": sweep}
 
 
-def _cka_part(store: Path, split: str, out: Path, times: dict, device: torch.device) -> dict:
-    names = [enc for enc, s in list_groups(store) if s == split]
-    sets = [open_embeddings(store, n, split) for n in names]
-    sets = [s for s in sets if s.shape[0] == sets[0].shape[0]]
+def _source(attrs: dict, rows: int) -> tuple:
+    """What a group's rows are rows of: its shards, or (imported groups) just their number."""
+    sha = attrs.get("shards_manifest_sha256")
+    return ("shards", sha) if sha else ("rows", rows)
+
+
+def cka_groups(store: Path, e: EmbeddingSet) -> tuple[list[EmbeddingSet], dict[str, str]]:
+    """The groups of e's split that CKA can compare with e (complete, same shards), and the
+    others with the reason each was left out."""
+    sets, left_out = [], {}
+    for name in [enc for enc, s in list_groups(store) if s == e.split]:
+        g = open_group(store, name, e.split)
+        if not g.attrs.get("complete", False):
+            left_out[name] = "incomplete"
+        elif _source(g.attrs.asdict(), g["embeddings"].shape[0]) != _source(e.attrs, e.shape[0]):
+            left_out[name] = "built from other shards"
+        else:
+            sets.append(e if name == e.encoder else open_embeddings(store, name, e.split))
+    return sets, left_out
+
+
+def _cka_part(store: Path, e: EmbeddingSet, out: Path, times: dict, device: torch.device) -> dict:
+    sets, left_out = cka_groups(store, e)
     if len(sets) < 2:
-        return {"cka": None, "cka_note": f"one encoder holds {split} in this store; CKA needs two"}
+        return {"cka": None, "cka_left_out": left_out,
+                "cka_note": f"no other complete group of {e.split} from the same shards; CKA needs two"}
     t = time.perf_counter()
     m = np.eye(len(sets))
     for i in range(len(sets)):
@@ -247,13 +268,19 @@ def _cka_part(store: Path, split: str, out: Path, times: dict, device: torch.dev
             m[i, j] = m[j, i] = linear_cka(sets[i], sets[j], device)
     times["cka"] = round(time.perf_counter() - t, 3)
     cka_plot([s.encoder for s in sets], m, out / "cka.png")
-    return {"cka": {"encoders": [s.encoder for s in sets], "matrix": m.round(5).tolist()}}
+    return {"cka": {"encoders": [s.encoder for s in sets], "matrix": m.round(5).tolist()},
+            "cka_left_out": left_out}
 
 
 def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path, *, max_rows: int,
              tsne_classes: int, tsne_per_class: int, device: torch.device) -> dict:
     """Every diagnostic of (encoder, split); writes the PNGs and returns the JSON-able result."""
-    e = open_embeddings(store, encoder, split)
+    try:
+        train, e = open_pair(store, encoder, train_split, split)
+    except StoreError as err:  # no train split: everything but the kNN sweep
+        e, train = open_embeddings(store, encoder, split), f"no kNN sweep: {err}"
+    for group in (e, train) if isinstance(train, EmbeddingSet) else (e,):
+        group.require_finite()  # before anything is computed or written
     n = e.shape[0]
     rng = np.random.default_rng(0)
     idx = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
@@ -266,8 +293,8 @@ def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path,
     result["effective_rank"] = effective_rank(ev)
     result["variance_spectrum_top10"] = [float(v) for v in ev[:10]]
     spectrum_plot(ev, out / "spectrum.png", result["effective_rank"])
-    result |= _knn_part(store, encoder, train_split, e, x, idx, times)
-    result |= _cka_part(store, split, out, times, device)
+    result |= _knn_part(train, e, x, idx, times)
+    result |= _cka_part(store, e, out, times, device)
     pick = balanced_sample(e.labels, tsne_classes, tsne_per_class)
     _timed(times, "tsne", tsne_map, _rows(e, pick), e.labels[pick], out / "tsne.png")
     result["seconds"] = times
@@ -294,13 +321,14 @@ def markdown(r: dict) -> str:
         lines.append(f"- linear CKA: {r['cka']['encoders']} -> {r['cka']['matrix']}")
     elif r.get("cka_note"):
         lines.append(f"- linear CKA: {r['cka_note']}")
+    if r.get("cka_left_out"):
+        lines.append(f"- left out of CKA: {r['cka_left_out']}")
     lines.append(f"- seconds: {r['seconds']}")
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("probe").setLevel(logging.INFO)
+    setup_logging()
     p = argparse.ArgumentParser(prog="python -m probe.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -313,13 +341,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tsne-per-class", type=int, default=50)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     a = p.parse_args(argv)
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if a.device == "auto" else a.device))
     t = time.perf_counter()
     try:
+        device = pick_device(a.device)
         r = diagnose(a.store, a.encoder, a.split, a.train_split, a.out, max_rows=a.max_rows,
                      tsne_classes=a.tsne_classes, tsne_per_class=a.tsne_per_class, device=device)
-    except (StoreError, ValueError) as e:
+    except UserError as e:
         log.error("%s", e)
         return 1
     a.out.mkdir(parents=True, exist_ok=True)

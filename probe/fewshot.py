@@ -8,10 +8,11 @@ Rows are appended to fewshot.csv as they finish; a rerun skips rows already ther
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +20,12 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 from embed.store import EmbeddingSet
+from msnpipe.pool import ordered_map, worker_pool
 from probe.backends import fit_predict
 from probe.data import ClassSampler, Standardized, read_rows
+from probe.results import ResultFile, read_results
 
 log = logging.getLogger("probe")
-COLUMNS = ("encoder", "seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C", "backend",
-           "fit_seconds")
 
 
 @dataclass(frozen=True)
@@ -55,48 +56,42 @@ def score(probs: np.ndarray, classes: np.ndarray, y: np.ndarray) -> tuple[float,
     return acc, float(-log_loss(y, probs, labels=classes))
 
 
-def done_rows(path: Path) -> set[tuple[str, int, int, float]]:
-    """(encoder, seed, n_per_class, C) already in the CSV; a cut last line is cut off."""
-    if not path.exists():
-        return set()
-    text = path.read_text()
-    if text and not text.endswith("\n"):
-        path.write_text(text[: text.rfind("\n") + 1])
-    with open(path, newline="") as f:
-        return {(r["encoder"], int(r["seed"]), int(r["n_per_class"]), float(r["C"]))
-                for r in csv.DictReader(f)}
-
-
 def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
-              proto: Protocol, csv_path: Path, sampler: ClassSampler) -> list[dict]:
-    """Fit every (seed, n, C) not yet in `csv_path`; append each row as it finishes."""
-    skip = done_rows(csv_path)
-    new = not csv_path.exists()
-    rows = []
-    with open(csv_path, "a", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS)
-        if new:
-            w.writeheader()
-        for seed in proto.seeds:
-            rows += _one_seed(train, test, mean, std, proto, sampler, seed, skip, w, f)
-    return rows
+              proto: Protocol, results: ResultFile, sampler: ClassSampler) -> list[dict]:
+    """Fit every (seed, n, C) not yet in `results`; append each row as it finishes."""
+    parallel = proto.jobs > 1 and proto.backend == "sklearn"
+    with worker_pool(proto.jobs, _one_blas_thread) if parallel else nullcontext() as pool:
+        return [row for seed in proto.seeds
+                for row in _one_seed(train=train, test=test, mean=mean, std=std, proto=proto,
+                                     sampler=sampler, seed=seed, results=results, pool=pool)]
 
 
-def _fit_score(backend: str, x: np.ndarray, y: np.ndarray, test: Standardized, C: float,
-               max_iter: int, threads: int | None) -> tuple[float, float, float]:
-    """(accuracy, log-likelihood, seconds) of one fit; `threads` caps BLAS threads in a worker."""
+def _one_blas_thread() -> None:
+    """Worker initializer: fits run side by side, one BLAS thread each."""
     from threadpoolctl import threadpool_limits
 
+    threadpool_limits(1)
+
+
+def _fit_score(task: tuple) -> tuple[float, float, float]:
+    """(accuracy, log-likelihood, seconds) of one fit (backend, x, y, test, C, max_iter)."""
+    backend, x, y, test, C, max_iter = task
     t = time.perf_counter()
-    with threadpool_limits(threads):
-        probs, classes = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter)
+    probs, classes = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter)
     acc, loglik = score(probs, classes, test.y)
     return acc, loglik, round(time.perf_counter() - t, 4)
 
 
-def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> list[dict]:
+def _key_row(encoder: str, seed: int, n: int, C: float) -> dict:
+    return {"encoder": encoder, "seed": seed, "n_per_class": n, "C": C}
+
+
+def _one_seed(*, train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
+              proto: Protocol, sampler: ClassSampler, seed: int, results: ResultFile,
+              pool: ProcessPoolExecutor | None) -> list[dict]:
+    """Every fit of one seed that `results` lacks, rows read in one sorted selection."""
     todo = [(n, inds) for n, inds in draws(sampler, seed, proto.per_class)
-            if any((train.encoder, seed, n, C) not in skip for C in proto.Cs)]
+            if any(not results.has(_key_row(train.encoder, seed, n, C)) for C in proto.Cs)]
     if not todo:
         return []
     union = np.concatenate([inds for _, inds in todo])
@@ -106,14 +101,15 @@ def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> 
     for n, inds in todo:
         x, y = x_all[offset : offset + len(inds)], y_all[offset : offset + len(inds)]
         offset += len(inds)
-        tasks += [(n, len(inds), C, x, y) for C in proto.Cs if (train.encoder, seed, n, C) not in skip]
+        tasks += [(n, len(inds), C, x, y) for C in proto.Cs
+                  if not results.has(_key_row(train.encoder, seed, n, C))]
+    fits = [(proto.backend, x, y, test, C, proto.max_iter) for _, _, C, x, y in tasks]
     rows = []
-    for (n, n_labels, C, _, _), (acc, loglik, secs) in zip(tasks, _fits(tasks, test, proto)):
-        row = {"encoder": train.encoder, "seed": seed, "n_per_class": n, "n_labels": n_labels,
-               "test_acc": acc, "test_loglik": loglik, "C": C, "backend": proto.backend,
-               "fit_seconds": secs}
-        writer.writerow(row)
-        f.flush()
+    for (n, n_labels, C, _, _), (acc, loglik, secs) in zip(tasks, ordered_map(pool, _fit_score, fits)):
+        row = _key_row(train.encoder, seed, n, C) | {
+            "n_labels": n_labels, "test_acc": acc, "test_loglik": loglik, "backend": proto.backend,
+            "fit_seconds": secs}
+        results.append(row)
         rows.append(row)
         log.debug("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, n_labels, C,
                   acc, loglik, secs)
@@ -121,23 +117,9 @@ def _one_seed(train, test, mean, std, proto, sampler, seed, skip, writer, f) -> 
     return rows
 
 
-def _fits(tasks: list[tuple], test: Standardized, proto: Protocol):
-    """Results of the tasks in order, as they finish: in this process, or `jobs` workers."""
-    if proto.jobs <= 1 or proto.backend != "sklearn" or len(tasks) == 1:
-        for _, _, C, x, y in tasks:
-            yield _fit_score(proto.backend, x, y, test, C, proto.max_iter, None)
-        return
-    from joblib import Parallel, delayed
-
-    run = Parallel(n_jobs=proto.jobs, return_as="generator")
-    yield from run(delayed(_fit_score)(proto.backend, x, y, test, C, proto.max_iter, 1)
-                   for _, _, C, x, y in tasks)
-
-
 def write_seed_layout(csv_path: Path, out: Path) -> list[Path]:
     """The reference's <encoder>[_C<c>]/testing_seedNN.csv files, from fewshot.csv."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_results(csv_path)
     Cs = sorted({float(r["C"]) for r in rows})
     groups: dict[tuple[str, float, int], list[dict]] = {}
     for r in rows:

@@ -5,7 +5,8 @@
 Train split = memory, test split = queries. Features are L2-normalized; the top max(k)
 neighbours of every query are found once, in one pass over train blocks (on the GPU when
 there is one), keeping a running top-k, so no N x N matrix is ever held; each k then votes
-with weights exp(sim / T). Prints and appends top-1/top-5 per k to DIR/knn.csv.
+with weights exp(sim / T). Prints top-1/top-5 per k and, with --out, appends them to
+DIR/knn.csv (a k already there is not computed again; DIR/knn.json records the settings).
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embed.store import EmbeddingSet, StoreError, open_embeddings
-from probe.results import append_csv
+from embed.store import EmbeddingSet
+from msnpipe.runtime import UserError, pick_device, setup_logging
+from probe.data import open_pair
+from probe.results import ResultFile
 
 log = logging.getLogger("probe")
 KS = (10, 20, 100, 200)
@@ -91,9 +94,7 @@ def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], tempe
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("probe").setLevel(logging.INFO)
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.knn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -102,28 +103,48 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--test-split", default="val")
     p.add_argument("--k", default=",".join(map(str, KS)), help="comma-separated, default 10,20,100,200")
     p.add_argument("--temperature", type=float, default=TEMPERATURE)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/knn.csv")
     a = p.parse_args(argv)
     try:
-        ks = tuple(int(k) for k in a.k.split(","))
-        if min(ks) < 1:
+        a.ks = tuple(int(k) for k in a.k.split(","))
+        if min(a.ks) < 1:
             raise ValueError
     except ValueError:
         p.error(f"--k {a.k!r}: expected whole numbers >= 1 like 10,20,100")
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available()
-                          else ("cpu" if a.device == "auto" else a.device))
+    return a
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    """Evaluate the requested ks (those not in OUT/knn.csv yet) and record them."""
+    device = pick_device(a.device)
+    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    if max(a.ks) > train.shape[0]:
+        raise UserError(f"--k {max(a.ks)}: {a.encoder}/{a.train_split} has only {train.shape[0]} rows; "
+                        f"ask for k <= {train.shape[0]}")
+    if a.out is None:
+        return evaluate(train, test, a.ks, a.temperature, device)
+    ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
+             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+             "temperature": a.temperature}
+    with ResultFile.open(a.out, "knn", ident, vars(a)) as results:
+        ks = tuple(k for k in a.ks if not results.has({"encoder": a.encoder, "k": k}))
+        rows = evaluate(train, test, ks, a.temperature, device) if ks else []
+        for r in rows:
+            results.append(r)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    a = _parse(argv)
     try:
-        train = open_embeddings(a.store, a.encoder, a.train_split)
-        test = open_embeddings(a.store, a.encoder, a.test_split)
-    except StoreError as e:
+        rows = run(a)
+    except UserError as e:
         log.error("%s", e)
         return 1
-    rows = evaluate(train, test, ks, a.temperature, device)
     for r in rows:
         print(f"{a.encoder} k={r['k']:>4}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%")
-    if a.out:
-        append_csv(a.out / "knn.csv", rows)
     return 0
 
 

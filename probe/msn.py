@@ -9,7 +9,9 @@ FILE lists training image file names, one per line (`n04235860_14959.JPEG`), as 
 (its mean over features subtracted) and L2-normalized, then a multinomial logistic
 regression without intercept is fit with the L2 weight lambd / n on the mean loss, which is
 scikit-learn's C = 1 / lambd on the summed loss (default lambd 0.00025). Reports top-1 on
-the test split and appends it to DIR/msn.csv.
+the test split and, with --out, appends it to DIR/msn.csv (a subset already there is not fit
+again; DIR/msn.json records the settings). A name that matches files of two classes is an
+error, as is a name not in the store.
 """
 
 from __future__ import annotations
@@ -22,24 +24,50 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from embed.store import EmbeddingSet, StoreError, open_embeddings
+from embed.store import EmbeddingSet
+from msnpipe.runtime import UserError, few, setup_logging
 from probe.backends import BACKENDS, fit_predict, resolve
+from probe.data import open_pair
 from probe.fewshot import score
-from probe.results import append_csv
+from probe.results import ResultFile
 
 log = logging.getLogger("probe")
 LAMBD = 0.00025
 
 
+def subset_name(path: Path) -> str:
+    """How results name a subset file: with its folder, since MSN's imagenet_subsets1/, 2/ and 3/
+    hold files of the same names."""
+    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+
+
+def read_subset(path: Path) -> list[str]:
+    """The image names of a subset file, one per line; an error if there are none."""
+    try:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot be read ({e})") from None
+    if not names:
+        raise UserError(f"{path}: no image names in it (expected one file name per line)")
+    return names
+
+
 def subset_indices(train: EmbeddingSet, names: list[str], source: Path) -> np.ndarray:
-    """Store rows of the listed file names; every name must be there."""
-    by_name = {PurePosixPath(p).name: i for i, p in enumerate(train.paths)}
+    """Store rows of the listed file names; every name must be there, once."""
+    by_name: dict[str, list[int]] = {}
+    for i, p in enumerate(train.paths):
+        by_name.setdefault(PurePosixPath(p).name, []).append(i)
     missing = [n for n in names if n not in by_name]
     if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise ValueError(f"{source}: {len(missing)} of {len(names)} names are not in "
-                         f"{train.encoder}/{train.split} (e.g. {shown})")
-    return np.array([by_name[n] for n in names])
+        raise UserError(f"{source}: {len(missing)} of {len(names)} names are not in "
+                        f"{train.encoder}/{train.split} (e.g. {few(missing)})")
+    paths = train.paths
+    several = [f"{n} ({', '.join(paths[i] for i in by_name[n])})" for n in dict.fromkeys(names)
+               if len(by_name[n]) > 1]
+    if several:
+        raise UserError(f"{source}: {len(several)} names match several files of {train.encoder}/"
+                        f"{train.split}: {few(several, 3)}; a subset must name each image once")
+    return np.array([by_name[n][0] for n in names])
 
 
 def center_normalize(x: np.ndarray) -> np.ndarray:
@@ -51,24 +79,19 @@ def center_normalize(x: np.ndarray) -> np.ndarray:
 def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: float = LAMBD,
                max_iter: int = 1000, backend: str = "sklearn") -> dict:
     """Fit on the subset's rows, score top-1 on the whole test split."""
-    names = [line.strip() for line in subset.read_text().splitlines() if line.strip()]
-    idx = subset_indices(train, names, subset)
-    order = np.argsort(idx)
-    x = np.empty((len(idx), train.shape[1]), dtype=np.float32)
-    x[order] = train.embeddings.get_orthogonal_selection((idx[order], slice(None)))
+    idx = subset_indices(train, read_subset(subset), subset)
+    x = train.rows(idx)  # [n, D]
     test_x = np.concatenate([b for _, b in test.row_blocks()])
     t = time.perf_counter()
     probs, classes = fit_predict(backend, center_normalize(x), train.labels[idx],
                                  center_normalize(test_x), C=1.0 / lambd, max_iter=max_iter,
                                  fit_intercept=False)
     top1, _ = score(probs, classes, test.labels.astype(np.int64))
-    return {"encoder": train.encoder, "subset": subset.name, "images": len(idx), "lambd": lambd,
+    return {"encoder": train.encoder, "subset": subset_name(subset), "images": len(idx), "lambd": lambd,
             "top1": top1, "backend": backend, "fit_seconds": round(time.perf_counter() - t, 3)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("probe").setLevel(logging.INFO)
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.msn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -80,20 +103,40 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--backend", choices=BACKENDS, default="auto")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/msn.csv")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    """Fit every subset (those not in OUT/msn.csv yet) and record it."""
+    backend = resolve(a.backend)
+    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    train.require_finite()  # subsets read a few rows: check them all before anything is fit
+    fit = lambda s: run_subset(train, test, s, lambd=a.lambd, max_iter=a.max_iter,  # noqa: E731
+                               backend=backend)
+    if a.out is None:
+        return [fit(s) for s in a.subset]
+    ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
+             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+             "lambd": a.lambd, "max_iter": a.max_iter, "backend": backend}
+    rows = []
+    with ResultFile.open(a.out, "msn", ident, vars(a)) as results:
+        for s in a.subset:
+            if not results.has({"encoder": a.encoder, "subset": subset_name(s)}):
+                rows.append(fit(s))
+                results.append(rows[-1])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    a = _parse(argv)
     try:
-        backend = resolve(a.backend)
-        train = open_embeddings(a.store, a.encoder, a.train_split)
-        test = open_embeddings(a.store, a.encoder, a.test_split)
-        rows = [run_subset(train, test, s, lambd=a.lambd, max_iter=a.max_iter, backend=backend)
-                for s in a.subset]
-    except (StoreError, ValueError, RuntimeError, OSError) as e:
+        rows = run(a)
+    except UserError as e:
         log.error("%s", e)
         return 1
     for r in rows:
         print(f"{r['encoder']} {r['subset']} ({r['images']} images): top-1 {100 * r['top1']:.2f}%")
-    if a.out:
-        append_csv(a.out / "msn.csv", rows)
     return 0
 
 

@@ -9,7 +9,7 @@ precision, as in the VOC07 evaluation of seed 004 (MV-MR).
 
 Features are standardized with the train split's statistics; one binary L2 logistic
 regression per class (scikit-learn, or cuML on a GPU) for each C. Reports mAP (mean over
-classes of scikit-learn's average precision) and the VOC07 11-point interpolated mAP, in
+classes of scikit-learn's `average_precision_score`) and the VOC07 11-point interpolated mAP, in
 DIR/multilabel.csv. The whole train split is read (multi-label transfer sets are small).
 """
 
@@ -22,22 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from embed.store import EmbeddingSet
+from msnpipe.runtime import UserError
 from probe.backends import fit_predict
 from probe.data import load_standardized, mean_std
-from probe.results import append_csv
+from probe.results import ResultFile
 
 log = logging.getLogger("probe")
-COLUMNS = ("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend", "fit_seconds")
-
-
-def average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the precision-recall steps: mean precision at each positive's rank."""
-    order = np.argsort(-scores, kind="stable")
-    hits = positive[order].astype(bool)
-    if not hits.any():
-        return float("nan")
-    precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    return float(precision[hits].mean())
 
 
 def voc07_average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -67,24 +57,31 @@ def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, 
 def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, ...], max_iter: int,
                    backend: str, out: Path) -> list[dict]:
     """mAP and VOC07 mAP of one-vs-rest fits for each C; rows appended to out/multilabel.csv."""
+    from sklearn.metrics import average_precision_score
+
     if train.labels.ndim != 2 or test.labels.ndim != 2:
-        raise ValueError(f"{train.encoder}: --multilabel needs multi-hot labels [N, C] in both splits "
+        raise UserError(f"{train.encoder}: --multilabel needs multi-hot labels [N, C] in both splits "
                          "(shard them with --labels FILE)")
     mean, std = mean_std(train)
     tr, te = load_standardized(train, mean, std), load_standardized(test, mean, std)
     y, y_test = train.labels, test.labels
+    ident = {"encoder": train.encoder, "train_split": train.split, "test_split": test.split,
+             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+             "max_iter": max_iter, "backend": backend}
     rows = []
-    for C in Cs:
-        t = time.perf_counter()
-        scores = one_vs_rest(backend, tr.x, y, te.x, C=C, max_iter=max_iter)
-        present = [c for c in range(y_test.shape[1]) if y_test[:, c].any()]
-        row = {"encoder": train.encoder, "C": C,
-               "mAP": float(np.mean([average_precision(scores[:, c], y_test[:, c]) for c in present])),
-               "voc07_mAP": float(np.mean([voc07_average_precision(scores[:, c], y_test[:, c])
-                                           for c in present])),
-               "classes": len(present), "train": len(y), "test": len(y_test), "backend": backend,
-               "fit_seconds": round(time.perf_counter() - t, 3)}
-        log.info("C %g: mAP %.4f, VOC07 mAP %.4f", C, row["mAP"], row["voc07_mAP"])
-        rows.append(row)
-    append_csv(out / "multilabel.csv", rows, COLUMNS)
+    with ResultFile.open(out, "multilabel", ident) as results:
+        for C in (C for C in Cs if not results.has({"encoder": train.encoder, "C": C})):
+            t = time.perf_counter()
+            scores = one_vs_rest(backend, tr.x, y, te.x, C=C, max_iter=max_iter)
+            present = [c for c in range(y_test.shape[1]) if y_test[:, c].any()]
+            row = {"encoder": train.encoder, "C": C,
+                   "mAP": float(np.mean([average_precision_score(y_test[:, c], scores[:, c])
+                                         for c in present])),
+                   "voc07_mAP": float(np.mean([voc07_average_precision(scores[:, c], y_test[:, c])
+                                               for c in present])),
+                   "classes": len(present), "train": len(y), "test": len(y_test), "backend": backend,
+                   "fit_seconds": round(time.perf_counter() - t, 3)}
+            log.info("C %g: mAP %.4f, VOC07 mAP %.4f", C, row["mAP"], row["voc07_mAP"])
+            results.append(row)
+            rows.append(row)
     return rows

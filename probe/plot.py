@@ -20,14 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from msnpipe.runtime import UserError
+from probe.results import read_results
+
 SEED_FILE = re.compile(r"testing_seed(\d+)\.csv")
 
 
 def _rows_from_fewshot(path: Path, tag: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{"encoder": r["encoder"] + tag, "seed": int(r["seed"]), "n_labels": int(r["n_labels"]),
-                 "acc": float(r["test_acc"]), "loglik": float(r["test_loglik"]), "C": float(r["C"])}
-                for r in csv.DictReader(f)]
+    return [{"encoder": r["encoder"] + tag, "seed": int(r["seed"]), "n_labels": int(r["n_labels"]),
+             "acc": float(r["test_acc"]), "loglik": float(r["test_loglik"]), "C": float(r["C"])}
+            for r in read_results(path)]
 
 
 def _rows_from_seed_files(folder: Path, encoder: str) -> list[dict]:
@@ -56,7 +58,7 @@ def load(dirs: list[Path]) -> list[dict]:
             for sub in sorted(p for p in d.iterdir() if p.is_dir()):
                 rows += _rows_from_seed_files(sub, sub.name + tag)
     if not rows:
-        raise ValueError(f"no fewshot.csv or testing_seedNN.csv found in {', '.join(map(str, dirs))}")
+        raise UserError(f"no fewshot.csv or testing_seedNN.csv found in {', '.join(map(str, dirs))}")
     return rows
 
 
@@ -127,9 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         missing = [d for d in a.dirs if not d.is_dir()]
         if missing:
-            raise ValueError(f"{missing[0]}: not a folder")
+            raise UserError(f"{missing[0]}: not a folder")
         lines = curves(load(a.dirs), a.best_C)
-    except ValueError as e:
+    except UserError as e:
         print(f"probe.plot: {e}", file=sys.stderr)
         return 1
     print(plot(lines, a.out, a.logx))

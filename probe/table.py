@@ -11,21 +11,20 @@ kNN top-1 per k from knn.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from msnpipe.runtime import UserError
+from probe.results import read_results
+
 FEWSHOT_N = (1, 2, 5)
 
 
 def _read(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_results(path) if path.exists() else []
 
 
 def collect(dirs: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]:
@@ -68,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", type=Path, nargs="+")
     a = p.parse_args(argv)
-    columns, cells = collect(a.dirs)
+    try:
+        columns, cells = collect(a.dirs)
+    except UserError as e:
+        print(f"probe.table: {e}", file=sys.stderr)
+        return 1
     if not cells:
         print(f"probe.table: no fewshot.csv, msn.csv or knn.csv in {', '.join(map(str, a.dirs))}",
               file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from msnpipe.files import writable_dir
 from msnpipe.pool import worker_pool
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import UserError, difference, setup_logging
 from shard.build import Settings, report, shard_split
 from shard.reader import MANIFEST, list_splits, read_manifest
 from shard.scan import (
@@ -30,7 +30,6 @@ from shard.scan import (
     ScanError,
     check_same_classes,
     check_subset,
-    difference,
     find_classes,
     read_label_list,
     resolve_splits,

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from msnpipe.runtime import UserError
+from msnpipe.runtime import UserError, difference, few
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (a test keeps the two equal).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -120,12 +120,6 @@ def resolve_splits(src: Path, split: str | None, splits: list[str] | None) -> di
     return {s: src / s for s in names}
 
 
-def difference(first: str, a: list[str], second: str, b: list[str]) -> str:
-    """'only in A: x, y; only in B: z' for two class lists."""
-    return (f"only in {first}: {_few(sorted(set(a) - set(b)))}; "
-            f"only in {second}: {_few(sorted(set(b) - set(a)))}")
-
-
 def check_same_classes(classes: dict[str, list[str]]) -> None:
     """All splits must share one class list, or their labels would mean different things."""
     (first, reference), *others = classes.items()
@@ -139,15 +133,8 @@ def check_subset(name: str, classes: list[str], source: str, reference: list[str
     """A split given another split's class list (--classes-from) may lack classes, not add any."""
     extra = sorted(set(classes) - set(reference))
     if extra:
-        raise ScanError(f"{name} has classes that {source} lacks: {_few(extra)}; "
+        raise ScanError(f"{name} has classes that {source} lacks: {few(extra)}; "
                         f"its labels cannot be numbered by {source}'s class list")
-
-
-def _few(names: list[str], limit: int = 5) -> str:
-    if not names:
-        return "none"
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
 
 
 def read_label_list(list_file: Path, classes: list[str] | None = None

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from sklearn.metrics import average_precision_score
 
 from shard.__main__ import main as shard_main
 from shard.reader import open_split
@@ -64,13 +63,8 @@ def test_labels_needs_split(tmp_path):
         shard_main([str(tmp_path), str(tmp_path / "o"), "--labels", str(tmp_path / "l.tsv")])
 
 
-def test_average_precision_against_sklearn():
-    from probe.multilabel import average_precision, voc07_average_precision
-    rng = np.random.default_rng(0)
-    for _ in range(5):
-        y = rng.integers(0, 2, 200)
-        s = rng.normal(size=200) + y
-        assert average_precision(s, y) == pytest.approx(average_precision_score(y, s))
+def test_voc07_average_precision_by_hand():
+    from probe.multilabel import voc07_average_precision
     y = np.array([1, 1, 0, 0])
     assert voc07_average_precision(np.array([4.0, 3, 2, 1]), y) == 1.0
     # ranks: pos, neg, pos -> precision at recall .5 is 1, at recall 1 is 2/3

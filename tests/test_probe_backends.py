@@ -48,7 +48,8 @@ def test_backend_resolution():
     with pytest.raises(ValueError, match="unknown backend"):
         resolve("torch")
     if not cuml_available():
-        with pytest.raises(RuntimeError, match="cuML cannot run here"):
+        from msnpipe.runtime import UserError
+        with pytest.raises(UserError, match="cuML cannot run here"):
             resolve("cuml")
 
 

@@ -62,5 +62,5 @@ def test_cli_appends_csv(store, tmp_path, capsys):
     subset, _ = _subset(store, tmp_path, per_class=1)
     assert main([str(store), "--encoder", "toy", "--subset", str(subset), "--backend", "sklearn",
                  "--out", str(tmp_path)]) == 0
-    assert "toy 1imgs_class.txt (6 images): top-1" in capsys.readouterr().out
+    assert f"toy {tmp_path.name}/1imgs_class.txt (6 images): top-1" in capsys.readouterr().out
     assert (tmp_path / "msn.csv").read_text().startswith("encoder,subset,images,lambd,top1")
