@@ -147,8 +147,8 @@ def _dali_decode(ws: Workspace, device: torch.device) -> int:
     from shard.reader import open_split
 
     split = open_split(ws.shards, "val")
-    stream = batches(split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(), 64,
-                     device, threads=CORES)
+    stream = batches("dali", split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(),
+                     64, device, threads=CORES)
     return sum(int((b.indices >= 0).sum()) for b in stream)
 
 

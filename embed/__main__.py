@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from embed.encoders import ENCODERS, KINDS, get_spec
+from embed.pipeline import DECODERS
 from embed.run import Config, run
 from embed.store import DTYPES
 from msnpipe.runtime import UserError, setup_logging
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
     p.add_argument("--batch-size", type=_batch, default=None,
                    help="images per batch, or auto (default: largest that fits on CUDA, 16 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--decoder", choices=DECODERS, default="dali",
+                   help="dali (default; nvJPEG on a GPU) or torchvision (decode_jpeg, no DALI needed)")
     p.add_argument("--check-drift", type=int, default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
@@ -74,10 +77,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
     extra = {"threads": a.threads} if a.threads else {}
     if a.views < 0:
         p.error("--views: a whole number >= 0")
+    if a.views and a.decoder != "dali":
+        p.error("--views needs --decoder dali: augmented views are made by DALI")
     return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
                   kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
                   device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
-                  augment=a.augment, view_seed=a.view_seed, **extra)
+                  augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:

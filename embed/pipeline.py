@@ -1,14 +1,16 @@
-"""DALI pipelines that read shards and produce model-ready batches with their sample indices.
+"""Shards to model-ready batches, by one of two decoders that yield the same `Batch`.
 
-The transform is the reference path's (torchvision `Resize(256)` bilinear antialiased on
-PIL, `CenterCrop(224)`, ImageNet mean/std), reproduced exactly where DALI allows:
-the resized size is computed as torchvision does (`int(256 * long / short)`), the crop
-anchor with Python's round-half-even, and EXIF orientation is not applied (PIL ignores it).
-Decoding is `mixed` (nvJPEG) on a GPU, `cpu` otherwise. On a CPU pipeline, pixels agree
-with PIL/torchvision to within one grey level.
+    for b in batches("torchvision", tars, idxs, order, Preprocess(), 256, device, threads=8):
+        b.images   # [B, 3, 224, 224] float32 on `device`;  b.indices  [B] sample index, -1 = padding
 
-Each sample's index comes from its WebDataset key (`source_info` ends in `:<key>.jpg`),
-so rows are written by index, never by arrival order.
+`dali` (default): NVIDIA DALI, nvJPEG (`mixed`) on a GPU, its CPU decoder otherwise; it also
+makes augmented views (`--views`). `torchvision`: the shards' members read through their
+`.idx`, `torchvision.io.decode_jpeg` (nvJPEG on CUDA, libjpeg-turbo on the CPU), then
+torchvision's own resize/crop/normalize on tensors, a batch prepared ahead in a background
+thread; for machines where DALI has no wheel. Both reproduce the reference transform
+(`Resize(256)` bilinear antialiased, `CenterCrop(224)`, ImageNet mean/std), do not apply EXIF
+orientation (PIL does not), index rows by the samples' keys (never arrival order, checked
+against `order`) and pad the last batch to full size with index -1.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import numpy as np
 import torch
 
 from embed.encoders import Preprocess
+from msnpipe.runtime import UserError
+
+DECODERS = ("dali", "torchvision")
 
 
 @dataclass(frozen=True)
@@ -42,103 +47,29 @@ class Views:
     seed: int
 
 
-def _round_half_even_of_half(d):
-    """Python's round(d / 2) for integer DALI nodes d >= 0 (torchvision's crop anchor)."""
-    q = d // 2
-    return q + (d - 2 * q) * (q - 2 * (q // 2))
+def check_order(read: np.ndarray, order: np.ndarray, start: int) -> None:
+    """The sample indices a decoder read must be the ones `order` expects from `start` on."""
+    if not np.array_equal(read, order[start : start + len(read)]):
+        want = order[start : start + 4].tolist()
+        raise RuntimeError(f"read samples {read.tolist()[:4]}..., expected {want}...: shards and manifest "
+                           "disagree")
 
 
-def _resize_crop_normalize(jpg, images, pre: Preprocess):
-    """Resize the shorter side to pre.resize as torchvision does, center crop, normalize."""
-    import nvidia.dali.math as dmath
-    from nvidia.dali import fn, types
-
-    shape = fn.peek_image_shape(jpg, dtype=types.INT64, adjust_orientation=False)  # [H, W, C]
-    h, w = shape[0], shape[1]
-    new_long = (pre.resize * dmath.max(h, w)) // dmath.min(h, w)
-    wide = fn.cast(w > h, dtype=types.INT64)
-    nh = wide * pre.resize + (1 - wide) * new_long
-    nw = wide * new_long + (1 - wide) * pre.resize
-    images = fn.resize(images, resize_x=fn.cast(nw, dtype=types.FLOAT),
-                       resize_y=fn.cast(nh, dtype=types.FLOAT),
-                       interp_type=types.INTERP_LINEAR, antialias=True)
-    anchor = fn.cast(fn.stack(_round_half_even_of_half(nh - pre.crop),
-                              _round_half_even_of_half(nw - pre.crop)), dtype=types.INT32)
-    images = fn.slice(images, anchor, np.array([pre.crop, pre.crop], dtype=np.int32), axes=[0, 1])
-    return fn.crop_mirror_normalize(
-        images, mean=[255 * m for m in pre.mean], std=[255 * s for s in pre.std],
-        dtype=types.FLOAT, output_layout="CHW")
-
-
-def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_size: int,
-                   device_id: int | None, threads: int, order: np.ndarray | None = None,
-                   views: Views | None = None):
-    """A DALI pipeline over `tars` yielding (images, source_info, *views) batches, last batch
-    padded. Views need `order`, the sample indices in reading order, to draw their parameters."""
-    from nvidia.dali import fn, pipeline_def, types
-
-    from embed.views import AUGMENTS, augmented, params_source
-
-    aug = AUGMENTS[views.augment] if views else None
-
-    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                  prefetch_queue_depth=2, exec_dynamic=True)
-    def pipe():
-        jpg = fn.readers.webdataset(
-            paths=[str(p) for p in tars], index_paths=[str(p) for p in idxs], ext=["jpg"],
-            missing_component_behavior="error", pad_last_batch=True, name="reader")
-        info = fn.get_property(jpg, key="source_info")
-        images = fn.decoders.image(jpg, device="cpu" if device_id is None else "mixed",
-                                   output_type=types.RGB, adjust_orientation=False)
-        outputs = [_resize_crop_normalize(jpg, images, pre), info]
-        for v in range(views.k if aug else 0):
-            params = fn.external_source(params_source(order, batch_size, views.seed, v, aug),
-                                        batch=True, batch_info=True, dtype=types.FLOAT)
-            outputs.append(augmented(jpg, images, params, pre))
-        return tuple(outputs)
-
-    p = pipe()
-    p.build()
-    return p
-
-
-def key_of(source_info: np.ndarray) -> int:
-    """The sample index in a DALI source_info string `<tar>:<offset>:<key>.jpg`."""
-    name = bytes(source_info).decode().rsplit(":", 1)[1]
-    return int(name.split(".", 1)[0])
-
-
-def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
-    """A dense DALI TensorList (CPU or GPU) as one torch tensor [B, ...] on `device`."""
-    if hasattr(tensor_list, "as_cpu") and device.type == "cuda":
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        dense = tensor_list.as_tensor()
-        out = torch.empty(dense.shape(), dtype=torch.float32, device=device)
-        feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(device))
-        return out
-    return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
-
-
-def batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+def batches(decoder: str, tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
             batch_size: int, device: torch.device, threads: int,
             views: Views | None = None) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1.
-    `order` is the sample indices the tars hold, in order; the keys read are checked against it."""
+    `order` is the sample indices the tars hold, in order."""
     if len(order) == 0:
-        return
-    device_id = (device.index or 0) if device.type == "cuda" else None
-    pipe = build_pipeline(tars, idxs, pre, batch_size, device_id, threads, order, views)
-    for start in range(0, len(order), batch_size):
-        images, info, *view_lists = pipe.run()
-        indices = np.array([key_of(np.asarray(t)) for t in info], dtype=np.int64)
-        real = min(batch_size, len(order) - start)
-        if not np.array_equal(indices[:real], order[start : start + real]):
-            raise RuntimeError(f"DALI read samples {indices[:real].tolist()[:4]}..., expected "
-                               f"{order[start : start + 4].tolist()}...: shards and manifest disagree")
-        indices[real:] = -1  # DALI repeats the last sample to fill the batch
-        base = _to_torch(images, device)
-        augmented = [_to_torch(v, device) for v in view_lists]
-        if views and not augmented:  # augment none: K copies of the center crop
-            augmented = [base] * views.k
-        yield Batch(base, indices, augmented)
+        return iter(())
+    if decoder == "dali":
+        from embed.decode_dali import dali_batches
+
+        return dali_batches(tars, idxs, order, pre, batch_size, device, threads, views)
+    if decoder == "torchvision":
+        if views is not None:
+            raise UserError("--views needs --decoder dali: augmented views are made by DALI")
+        from embed.decode_torchvision import torchvision_batches
+
+        return torchvision_batches(tars, idxs, order, pre, batch_size, device, threads)
+    raise UserError(f"--decoder {decoder!r}: one of {', '.join(DECODERS)}")

@@ -61,6 +61,7 @@ class Config:
     views: int = 0                 # K augmented views per image (0: none), stored as `views`
     augment: str = "msn"           # msn | simclr | none (see embed.views)
     view_seed: int = 0
+    decoder: str = "dali"          # dali | torchvision (see embed.pipeline)
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
@@ -144,7 +145,8 @@ def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, 
     return json.loads(json.dumps({
         "encoder": spec.name, "shards_manifest_sha256": split.manifest_sha256,
         "weights_sha256": weights_info["weights_sha256"] or "random", "kind": cfg.kind,
-        "preprocessing": asdict(spec.preprocess), "precision": precision, "dtype": cfg.dtype,
+        "preprocessing": asdict(spec.preprocess), "decoder": cfg.decoder, "precision": precision,
+        "dtype": cfg.dtype,
         "num_samples": split.num_samples,
         "views": {"k": cfg.views, "augment": cfg.augment, "seed": cfg.view_seed} if cfg.views else None,
     }))
@@ -253,10 +255,10 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings."""
     order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
-    dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))
+    dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))  # decoder
     views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
-    stream = batches([tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
+    stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
                      targets[0].spec.preprocess, batch, device, dali_threads, views)
     wait = compute = 0.0
     bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)

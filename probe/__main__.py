@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from msnpipe.files import writable_dir
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import UserError, pick_device, setup_logging
 from probe.args import float_list, int_list
-from probe.backends import BACKENDS, resolve
+from probe.backends import BACKENDS, resolve, torch_dtype
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
 from probe.multilabel import run_multilabel
@@ -45,8 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int_list, default=tuple(range(20)), help="default 0-19")
     p.add_argument("--C", type=float_list, default=(1.0,), help="inverse L2 weight(s), default 1")
     p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--tol", type=float, default=1e-4,
+                   help="stop when max |gradient| <= TOL (default 1e-4, scikit-learn's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: cuML when it can run (GPU), else scikit-learn")
+                   help="auto: torch on a GPU, else scikit-learn (see README for the measurements)")
+    p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",
@@ -58,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--per-class: counts start at 1")
     if a.max_iter < 1:
         p.error("--max-iter: a whole number >= 1")
+    if not a.tol > 0:
+        p.error("--tol: a number > 0")
     return a
 
 
@@ -65,16 +70,19 @@ def identity(a: argparse.Namespace, train, test, proto: Protocol) -> dict:
     """Every setting that changes a number of fewshot.csv (seeds and counts only select rows)."""
     return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-            "Cs": list(proto.Cs), "max_iter": proto.max_iter, "backend": proto.backend}
+            "Cs": list(proto.Cs), "max_iter": proto.max_iter, "tol": proto.tol, "backend": proto.backend,
+            "solver_dtype": str(torch_dtype(proto.device)) if proto.backend == "torch" else None}
 
 
 def run(a: argparse.Namespace) -> int:
     """The curve (or the multi-label evaluation) for parsed arguments."""
     writable_dir(a.out, "--out")
-    proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs))
+    proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs),
+                     str(pick_device(a.device)), a.tol)
     train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
     if a.multilabel:
-        run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out)
+        run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out,
+                       device=proto.device)
         return 0
     if train.labels.ndim != 1:
         raise UserError(f"{a.encoder}/{a.train_split} has multi-hot labels: use --multilabel")

@@ -1,21 +1,34 @@
-"""Multinomial L2 logistic regression on one backend: cuML on a GPU, scikit-learn on the CPU.
+"""Multinomial L2 logistic regression on one backend: scikit-learn, cuML, or torch.
 
-    probs, classes = fit_predict("sklearn", x_train, y_train, x_test, C=1.0, max_iter=1000)
+    fit = fit_predict("sklearn", x_train, y_train, x_test, C=1.0, max_iter=1000)
+    fit.probs [N_test, K], fit.classes [K], fit.n_iter
 
-Both minimise the same objective, C * sum(log loss) + ||W||^2 / 2 with an intercept, with
-(L-)BFGS-type solvers, and return test probabilities [N_test, K] over `classes`.
+All minimise scikit-learn's objective, C * sum(log loss) + ||W||^2 / 2 with an unpenalized
+intercept (or none), and stop when max |gradient| of the mean-scaled objective <= tol:
+scikit-learn (lbfgs, the CPU), cuML (a GPU), torch (probe.torch_lr: a batched L-BFGS, CPU or
+GPU, that fits many problems at once). `auto` is the measured fastest here: see `resolve`.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 
 from msnpipe.runtime import UserError
 
-BACKENDS = ("auto", "cuml", "sklearn")
+BACKENDS = ("auto", "sklearn", "torch", "cuml")
+TOL = 1e-4  # scikit-learn's default tol, for every backend
 log = logging.getLogger("probe")
+
+
+class Fit(NamedTuple):
+    """Test probabilities [N, K] over `classes` [K], and the solver's iterations."""
+
+    probs: np.ndarray
+    classes: np.ndarray
+    n_iter: int | None
 
 
 def cuml_available() -> bool:
@@ -28,33 +41,57 @@ def cuml_available() -> bool:
     return torch.cuda.is_available()
 
 
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve(backend: str) -> str:
-    """`auto` is cuML when it can run here, else scikit-learn; `cuml` without it is an error."""
+    """`auto`: torch on a CUDA machine (one batched solve per label count; bench/results has the
+    figures), scikit-learn on the CPU (measured faster there). `cuml` without cuML is an error."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
+        raise UserError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "cuml" if cuml_available() else "sklearn"
+        return "torch" if cuda_available() else "sklearn"
     if backend == "cuml" and not cuml_available():
         raise UserError("--backend cuml: cuML cannot run here (not installed, or no GPU); "
-                           "use --backend sklearn or install RAPIDS (environment.yaml)")
+                        "use --backend torch or sklearn, or install RAPIDS (environment.yaml)")
     return backend
 
 
+def torch_dtype(device: str):
+    """float64 on the CPU; float32 on CUDA, where it reaches scikit-learn's solutions too
+    (tests/test_probe_torch.py, and bench gpu measures both)."""
+    import torch
+
+    return torch.float64 if str(device) == "cpu" else torch.float32
+
+
 def fit_predict(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float,
-                max_iter: int, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Fit on (x [n, D], y [n]); return (test probabilities [N, K], classes [K])."""
+                max_iter: int, fit_intercept: bool = True, device: str = "cpu", tol: float = TOL) -> Fit:
+    """Fit on (x [n, D], y [n]); return test probabilities, classes and iterations."""
     if backend == "sklearn":
         from sklearn.linear_model import LogisticRegression
 
-        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept)
+        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol)
         model.fit(x, y)
-        return model.predict_proba(x_test), model.classes_
+        return Fit(model.predict_proba(x_test), model.classes_, int(model.n_iter_[0]))
+    if backend == "torch":
+        from probe import torch_lr
+
+        probs, classes, n_iter = torch_lr.fit_predict(x, y, x_test, C=C, max_iter=max_iter, tol=tol,
+                                                      fit_intercept=fit_intercept, device=device,
+                                                      dtype=torch_dtype(device))
+        return Fit(probs, classes, n_iter)
     if backend == "cuml":
         import cupy as cp
         from cuml.linear_model import LogisticRegression
 
         model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, penalty="l2",
-                                   output_type="numpy")
+                                   tol=tol, output_type="numpy")
         model.fit(cp.asarray(x), cp.asarray(y))
-        return np.asarray(model.predict_proba(cp.asarray(x_test))), np.asarray(model.classes_)
-    raise ValueError(f"unknown backend {backend!r}")
+        n_iter = getattr(model, "n_iter_", None)
+        return Fit(np.asarray(model.predict_proba(cp.asarray(x_test))), np.asarray(model.classes_),
+                   int(np.ravel(n_iter)[0]) if n_iter is not None else None)
+    raise UserError(f"unknown backend {backend!r}")

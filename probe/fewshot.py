@@ -4,6 +4,9 @@ For each seed: rng = default_rng(seed); for n = 1, 2, ... (every n up to the lar
 for, so draws match the reference even when only some n are fitted): draw n per class,
 fit L2 logistic regression on the train-standardized rows, score on the test split.
 Rows are appended to fewshot.csv as they finish; a rerun skips rows already there.
+
+scikit-learn and cuML fit one problem at a time (scikit-learn in `jobs` worker processes);
+torch fits every seed and C of one label count as one batched problem (probe.torch_lr).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from sklearn.metrics import log_loss
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
-from probe.backends import fit_predict
+from probe.backends import fit_predict, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
@@ -38,6 +41,18 @@ class Protocol:
     max_iter: int = 1000
     backend: str = "sklearn"
     jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn)
+    device: str = "cpu"  # where the torch backend runs
+    tol: float = 1e-4  # stop at max |gradient| <= tol (scikit-learn's default)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One fit of the curve: seed, labels per class, C, and the train rows drawn."""
+
+    seed: int
+    n: int
+    C: float
+    indices: np.ndarray
 
 
 def draws(sampler: ClassSampler, seed: int, per_class: tuple[int, ...]) -> Iterator[tuple[int, np.ndarray]]:
@@ -56,14 +71,35 @@ def score(probs: np.ndarray, classes: np.ndarray, y: np.ndarray) -> tuple[float,
     return acc, float(-log_loss(y, probs, labels=classes))
 
 
+def _key(encoder: str, t: Task) -> dict:
+    return {"encoder": encoder, "seed": t.seed, "n_per_class": t.n, "C": t.C}
+
+
+def plan(encoder: str, sampler: ClassSampler, proto: Protocol, results: ResultFile) -> list[Task]:
+    """Every (seed, n, C) that `results` lacks, seed by seed, n by n."""
+    return [Task(seed, n, C, inds) for seed in proto.seeds
+            for n, inds in draws(sampler, seed, proto.per_class)
+            for C in proto.Cs if not results.has(_key(encoder, Task(seed, n, C, inds)))]
+
+
 def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
               proto: Protocol, results: ResultFile, sampler: ClassSampler) -> list[dict]:
     """Fit every (seed, n, C) not yet in `results`; append each row as it finishes."""
+    tasks = plan(train.encoder, sampler, proto, results)
+    if proto.backend == "torch":
+        return _batched(train, test, mean, std, proto, results, tasks, sampler.classes)
     parallel = proto.jobs > 1 and proto.backend == "sklearn"
     with worker_pool(proto.jobs, _one_blas_thread) if parallel else nullcontext() as pool:
-        return [row for seed in proto.seeds
+        seeds = dict.fromkeys(t.seed for t in tasks)
+        return [row for seed in seeds
                 for row in _one_seed(train=train, test=test, mean=mean, std=std, proto=proto,
-                                     sampler=sampler, seed=seed, results=results, pool=pool)]
+                                     tasks=[t for t in tasks if t.seed == seed], results=results, pool=pool)]
+
+
+def _row(encoder: str, t: Task, acc: float, loglik: float, backend: str, seconds: float,
+         n_iter: int | None) -> dict:
+    return _key(encoder, t) | {"n_labels": len(t.indices), "test_acc": acc, "test_loglik": loglik,
+                               "backend": backend, "fit_seconds": round(seconds, 4), "n_iter": n_iter}
 
 
 def _one_blas_thread() -> None:
@@ -73,47 +109,82 @@ def _one_blas_thread() -> None:
     threadpool_limits(1)
 
 
-def _fit_score(task: tuple) -> tuple[float, float, float]:
-    """(accuracy, log-likelihood, seconds) of one fit (backend, x, y, test, C, max_iter)."""
-    backend, x, y, test, C, max_iter = task
+def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
+    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, test, C, max_iter, tol)."""
+    backend, x, y, test, C, max_iter, tol = task
     t = time.perf_counter()
-    probs, classes = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter)
-    acc, loglik = score(probs, classes, test.y)
-    return acc, loglik, round(time.perf_counter() - t, 4)
-
-
-def _key_row(encoder: str, seed: int, n: int, C: float) -> dict:
-    return {"encoder": encoder, "seed": seed, "n_per_class": n, "C": C}
+    fit = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter, tol=tol)
+    acc, loglik = score(fit.probs, fit.classes, test.y)
+    return acc, loglik, time.perf_counter() - t, fit.n_iter
 
 
 def _one_seed(*, train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
-              proto: Protocol, sampler: ClassSampler, seed: int, results: ResultFile,
+              proto: Protocol, tasks: list[Task], results: ResultFile,
               pool: ProcessPoolExecutor | None) -> list[dict]:
-    """Every fit of one seed that `results` lacks, rows read in one sorted selection."""
-    todo = [(n, inds) for n, inds in draws(sampler, seed, proto.per_class)
-            if any(not results.has(_key_row(train.encoder, seed, n, C)) for C in proto.Cs)]
-    if not todo:
-        return []
-    union = np.concatenate([inds for _, inds in todo])
+    """The fits of one seed, its rows read in one sorted selection, one problem at a time."""
+    union = np.concatenate([t.indices for t in tasks])
     x_all = read_rows(train, union, mean, std)  # [sum n*K, D], one read per seed
-    y_all = train.labels[union]
-    tasks, offset = [], 0
-    for n, inds in todo:
-        x, y = x_all[offset : offset + len(inds)], y_all[offset : offset + len(inds)]
-        offset += len(inds)
-        tasks += [(n, len(inds), C, x, y) for C in proto.Cs
-                  if not results.has(_key_row(train.encoder, seed, n, C))]
-    fits = [(proto.backend, x, y, test, C, proto.max_iter) for _, _, C, x, y in tasks]
+    y_all, rows, offset, fits = train.labels[union], [], 0, []
+    for t in tasks:
+        part = slice(offset, offset + len(t.indices))
+        offset += len(t.indices)
+        fits.append((proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol))
+    for t, (acc, loglik, secs, n_iter) in zip(tasks, ordered_map(pool, _fit_score, fits)):
+        rows.append(_row(train.encoder, t, acc, loglik, proto.backend, secs, n_iter))
+        results.append(rows[-1])
+    if rows:
+        log.info("seed %d: %d fits, accuracy %s", tasks[0].seed, len(rows),
+                 " ".join(f"{r['test_acc']:.3f}" for r in rows))
+    return rows
+
+
+def _chunks(tasks: list[Task], rows: int, dim: int, classes: int, device: str) -> Iterator[list[Task]]:
+    """Tasks of one label count in groups whose batched solve fits the device's memory."""
+    import torch
+
+    per_problem = 8 * (rows * dim + 2 * rows * classes + 24 * classes * (dim + 1))  # bytes, float64
+    if device != "cpu":
+        budget = torch.cuda.mem_get_info(torch.device(device))[0] * 0.4
+    else:
+        budget = 2 << 30
+    size = max(1, int(budget // per_problem))
+    for i in range(0, len(tasks), size):
+        yield tasks[i : i + size]
+
+
+def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+             results: ResultFile, tasks: list[Task], classes: np.ndarray) -> list[dict]:
+    """The torch backend: every seed and C of one label count solved as one batch."""
+    import torch
+
+    from probe import torch_lr
+
+    device, dtype = proto.device, torch_dtype(proto.device)
+    x_test = torch.as_tensor(test.x, device=device, dtype=dtype)
+    position = np.searchsorted(classes, test.y)
+    y_test = np.where((position < len(classes)) & (classes[position.clip(max=len(classes) - 1)] == test.y),
+                      position, -1)
+    y_test = torch.as_tensor(y_test, device=device)
     rows = []
-    for (n, n_labels, C, _, _), (acc, loglik, secs) in zip(tasks, ordered_map(pool, _fit_score, fits)):
-        row = _key_row(train.encoder, seed, n, C) | {
-            "n_labels": n_labels, "test_acc": acc, "test_loglik": loglik, "backend": proto.backend,
-            "fit_seconds": secs}
-        results.append(row)
-        rows.append(row)
-        log.debug("seed %d, %d labels, C %g: acc %.4f, loglik %.4f (%.2f s)", seed, n_labels, C,
-                  acc, loglik, secs)
-    log.info("seed %d: %d fits, accuracy %s", seed, len(rows), " ".join(f"{r['test_acc']:.3f}" for r in rows))
+    for n in dict.fromkeys(t.n for t in tasks):
+        same_n = [t for t in tasks if t.n == n]
+        for chunk in _chunks(same_n, len(same_n[0].indices), train.shape[1], len(classes), device):
+            start = time.perf_counter()
+            union = np.concatenate([t.indices for t in chunk])
+            x = read_rows(train, union, mean, std).reshape(len(chunk), -1, train.shape[1])  # [P, n*K, D]
+            y = np.searchsorted(classes, train.labels[union]).reshape(len(chunk), -1)
+            fit = torch_lr.fit_many(torch.as_tensor(x, device=device, dtype=dtype),
+                                    torch.as_tensor(y, device=device),
+                                    torch.tensor([t.C for t in chunk], dtype=torch.float64), len(classes),
+                                    max_iter=proto.max_iter, tol=proto.tol)
+            scores = [torch_lr.score(fit, i, x_test, y_test) for i in range(len(chunk))]
+            each = (time.perf_counter() - start) / len(chunk)  # the batch's time, shared evenly
+            for i, (t, (acc, loglik)) in enumerate(zip(chunk, scores)):
+                rows.append(_row(train.encoder, t, acc, loglik, "torch", each, int(fit.n_iter[i])))
+                results.append(rows[-1])
+            accs = [r["test_acc"] for r in rows[-len(chunk):]]
+            log.info("%d per class: %d fits in one batch, %.1f s, iterations %d-%d, accuracy %.3f-%.3f", n,
+                     len(chunk), each * len(chunk), fit.n_iter.min(), fit.n_iter.max(), min(accs), max(accs))
     return rows
 
 

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from embed.store import EmbeddingSet
-from msnpipe.runtime import UserError, few, setup_logging
+from msnpipe.runtime import UserError, few, pick_device, setup_logging
 from probe.backends import BACKENDS, fit_predict, resolve
 from probe.data import open_pair
 from probe.fewshot import score
@@ -77,18 +77,18 @@ def center_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: float = LAMBD,
-               max_iter: int = 1000, backend: str = "sklearn") -> dict:
+               max_iter: int = 1000, backend: str = "sklearn", device: str = "cpu") -> dict:
     """Fit on the subset's rows, score top-1 on the whole test split."""
     idx = subset_indices(train, read_subset(subset), subset)
     x = train.rows(idx)  # [n, D]
     test_x = np.concatenate([b for _, b in test.row_blocks()])
     t = time.perf_counter()
-    probs, classes = fit_predict(backend, center_normalize(x), train.labels[idx],
-                                 center_normalize(test_x), C=1.0 / lambd, max_iter=max_iter,
-                                 fit_intercept=False)
-    top1, _ = score(probs, classes, test.labels.astype(np.int64))
+    fit = fit_predict(backend, center_normalize(x), train.labels[idx], center_normalize(test_x),
+                      C=1.0 / lambd, max_iter=max_iter, fit_intercept=False, device=device)
+    top1, _ = score(fit.probs, fit.classes, test.labels.astype(np.int64))
     return {"encoder": train.encoder, "subset": subset_name(subset), "images": len(idx), "lambd": lambd,
-            "top1": top1, "backend": backend, "fit_seconds": round(time.perf_counter() - t, 3)}
+            "top1": top1, "backend": backend, "fit_seconds": round(time.perf_counter() - t, 3),
+            "n_iter": fit.n_iter}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -101,18 +101,20 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-split", default="val")
     p.add_argument("--lambd", type=float, default=LAMBD, help="L2 weight, default 0.00025")
     p.add_argument("--max-iter", type=int, default=1000)
-    p.add_argument("--backend", choices=BACKENDS, default="auto")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: torch on a GPU, else scikit-learn")
+    p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/msn.csv")
     return p.parse_args(argv)
 
 
 def run(a: argparse.Namespace) -> list[dict]:
     """Fit every subset (those not in OUT/msn.csv yet) and record it."""
-    backend = resolve(a.backend)
+    backend, device = resolve(a.backend), str(pick_device(a.device))
     train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
     train.require_finite()  # subsets read a few rows: check them all before anything is fit
     fit = lambda s: run_subset(train, test, s, lambd=a.lambd, max_iter=a.max_iter,  # noqa: E731
-                               backend=backend)
+                               backend=backend, device=device)
     if a.out is None:
         return [fit(s) for s in a.subset]
     ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,

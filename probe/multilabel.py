@@ -42,20 +42,20 @@ def voc07_average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
 
 
 def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float,
-                max_iter: int) -> np.ndarray:
+                max_iter: int, device: str = "cpu") -> np.ndarray:
     """Scores [N_test, C]: P(class c) from one binary logistic regression per class."""
     scores = np.zeros((len(x_test), y.shape[1]), dtype=np.float64)
     for c in range(y.shape[1]):
         if y[:, c].min() == y[:, c].max():  # a class with no positives (or no negatives) in train
             scores[:, c] = float(y[0, c])
             continue
-        probs, classes = fit_predict(backend, x, y[:, c], x_test, C=C, max_iter=max_iter)
-        scores[:, c] = probs[:, list(classes).index(1)]
+        fit = fit_predict(backend, x, y[:, c], x_test, C=C, max_iter=max_iter, device=device)
+        scores[:, c] = fit.probs[:, list(fit.classes).index(1)]
     return scores
 
 
 def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, ...], max_iter: int,
-                   backend: str, out: Path) -> list[dict]:
+                   backend: str, out: Path, device: str = "cpu") -> list[dict]:
     """mAP and VOC07 mAP of one-vs-rest fits for each C; rows appended to out/multilabel.csv."""
     from sklearn.metrics import average_precision_score
 
@@ -72,7 +72,7 @@ def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, 
     with ResultFile.open(out, "multilabel", ident) as results:
         for C in (C for C in Cs if not results.has({"encoder": train.encoder, "C": C})):
             t = time.perf_counter()
-            scores = one_vs_rest(backend, tr.x, y, te.x, C=C, max_iter=max_iter)
+            scores = one_vs_rest(backend, tr.x, y, te.x, C=C, max_iter=max_iter, device=device)
             present = [c for c in range(y_test.shape[1]) if y_test[:, c].any()]
             row = {"encoder": train.encoder, "C": C,
                    "mAP": float(np.mean([average_precision_score(y_test[:, c], scores[:, c])

@@ -37,9 +37,9 @@ class Kind:
 
 KINDS = {
     "fewshot": Kind(("encoder", "seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C", "backend",
-                     "fit_seconds"), ("encoder", "seed", "n_per_class", "C")),
+                     "fit_seconds", "n_iter"), ("encoder", "seed", "n_per_class", "C")),
     "knn": Kind(("encoder", "k", "temperature", "top1", "top5"), ("encoder", "k")),
-    "msn": Kind(("encoder", "subset", "images", "lambd", "top1", "backend", "fit_seconds"),
+    "msn": Kind(("encoder", "subset", "images", "lambd", "top1", "backend", "fit_seconds", "n_iter"),
                 ("encoder", "subset")),
     "multilabel": Kind(("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend",
                         "fit_seconds"), ("encoder", "C")),

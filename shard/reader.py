@@ -6,6 +6,7 @@ This is the one module the next stage imports from shard/:
     split = open_split("out/shards", "val")      # error unless the split is complete
     split.tar_paths(), split.idx_paths()          # for fn.readers.webdataset
     split.labels(), split.paths()                 # [N] int32, N relative paths
+    read_index(split.idx_paths()[0])              # [(key, ext, offset, size)] of shard 0's members
 """
 
 from __future__ import annotations
@@ -167,6 +168,22 @@ def _split(split_dir: Path, m: dict, sha256: str) -> Split:
         manifest_sha256=sha256,
         multilabel=m.get("multilabel", False),
     )
+
+
+def read_index(idx_path: Path) -> list[tuple[str, str, int, int]]:
+    """(key, ext, data offset, size) of every member listed in a DALI webdataset index, in tar
+    order, so a reader can fetch a member with one seek and one read."""
+    lines = Path(idx_path).read_text().splitlines()
+    head = lines[0].split() if lines else []
+    if len(head) != 2 or not head[0].startswith("v1.") or int(head[1]) != len(lines) - 1:
+        raise ShardFormatError(f"{idx_path}: not a DALI webdataset index (header {lines[:1]})")
+    members = []
+    for line in lines[1:]:
+        fields = line.split()
+        for j in range(0, len(fields), 4):
+            ext, offset, size, name = fields[j : j + 4]
+            members.append((name.rsplit("/", 1)[-1].split(".", 1)[0], ext, int(offset), int(size)))
+    return members
 
 
 def list_splits(root: Path | str) -> list[str]:

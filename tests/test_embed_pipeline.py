@@ -1,12 +1,13 @@
-"""embed.pipeline: DALI preprocessing against PIL + torchvision, indices, padding."""
+"""embed.pipeline: both decoders' preprocessing against PIL + torchvision, indices, padding."""
 
 import numpy as np
 import pytest
 import torch
 
 from bench.reference import load_image
+from embed.decode_dali import key_of
 from embed.encoders import Preprocess
-from embed.pipeline import batches, key_of
+from embed.pipeline import batches
 from shard.reader import open_split
 
 ONE_GREY_LEVEL = 1 / 255 / 0.224 + 1e-4  # in normalized units
@@ -17,13 +18,14 @@ def split(embed_shards):
     return open_split(embed_shards, "val")
 
 
-def _all(split, batch):
-    return list(batches(split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(),
-                        batch, torch.device("cpu"), threads=1))
+def _all(split, batch, decoder="dali"):
+    return list(batches(decoder, split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
+                        Preprocess(), batch, torch.device("cpu"), threads=1))
 
 
-def test_pixels_match_torchvision_within_one_grey_level(split):
-    got = _all(split, batch=6)
+@pytest.mark.parametrize("decoder", ["dali", "torchvision"])
+def test_pixels_match_torchvision_within_one_grey_level(split, decoder):
+    got = _all(split, batch=6, decoder=decoder)
     images = torch.cat([b.images for b in got])  # [B*, 3, 224, 224]
     indices = np.concatenate([b.indices for b in got])
     src = split.dir.parent.parent
@@ -35,8 +37,9 @@ def test_pixels_match_torchvision_within_one_grey_level(split):
         assert (images[row] - want).abs().max() <= ONE_GREY_LEVEL, split.paths()[index]
 
 
-def test_indices_come_from_keys_and_padding_is_marked(split):
-    got = _all(split, batch=6)  # 17 samples: 6 + 6 + 5 real, 1 padded
+@pytest.mark.parametrize("decoder", ["dali", "torchvision"])
+def test_indices_come_from_keys_and_padding_is_marked(split, decoder):
+    got = _all(split, batch=6, decoder=decoder)  # 17 samples: 6 + 6 + 5 real, 1 padded
     assert [len(b.indices) for b in got] == [6, 6, 6]
     indices = np.concatenate([b.indices for b in got])
     assert indices.tolist() == list(range(17)) + [-1]

@@ -58,6 +58,27 @@ def test_rows_match_the_reference_path(store, reference_rows, embed_shards):
     assert e.paths == open_split(embed_shards, "val").paths()
 
 
+def test_torchvision_decoder_rows_match_the_reference_path(embed_shards, vits_checkpoint, reference_rows,
+                                                           store, tmp_path):
+    out = tmp_path / "tv.zarr"
+    assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights",
+                 str(vits_checkpoint), "--out", str(out), "--batch-size", "5",
+                 "--decoder", "torchvision"]) == 0
+    e = open_embeddings(out, "vits16_800ep", "val")
+    rows = np.asarray(e.embeddings[:])
+    assert cosines(rows, reference_rows).min() >= 0.99999
+    dali = np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:])
+    assert cosines(dali, reference_rows).min() >= 0.99999
+    assert e.attrs["identity"]["decoder"] == "torchvision"
+
+
+def test_views_need_the_dali_decoder(embed_shards, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", "random",
+              "--out", str(tmp_path / "v.zarr"), "--decoder", "torchvision", "--views", "2"])
+    assert "--views needs --decoder dali" in capsys.readouterr().err
+
+
 def test_store_attributes(store, vits_checkpoint):
     a = open_embeddings(store, "vits16_800ep", "val").attrs
     assert a["complete"] is True and a["completed_shards"] == 5 and a["num_shards"] == 5

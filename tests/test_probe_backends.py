@@ -1,12 +1,13 @@
-"""probe.backends: scikit-learn against an independent scipy fit of the same objective; cuML
-against scikit-learn on a GPU."""
+"""probe.backends: scikit-learn and torch against an independent scipy fit of the same
+objective; cuML against scikit-learn on a GPU."""
 
 import numpy as np
 import pytest
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
-from probe.backends import cuml_available, fit_predict, resolve
+from msnpipe.runtime import UserError
+from probe.backends import cuda_available, cuml_available, fit_predict, resolve
 from tests.conftest import gaussian_mixture
 
 
@@ -30,12 +31,14 @@ def scipy_fit(x, y, C, fit_intercept=True):
     return lambda xt: np.exp(log_softmax(xt @ w + b, axis=1))
 
 
+@pytest.mark.parametrize("backend", ["sklearn", "torch"])
 @pytest.mark.parametrize("C, fit_intercept", [(1.0, True), (0.1, True), (4.0, False)])
-def test_sklearn_solves_the_stated_objective(C, fit_intercept):
+def test_backends_solve_the_stated_objective(backend, C, fit_intercept):
     x, y = gaussian_mixture(6, 5, 8, seed=1)
     xt, _ = gaussian_mixture(20, 5, 8, seed=2)
-    probs, classes = fit_predict("sklearn", x, y, xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
-    assert classes.tolist() == [0, 1, 2, 3, 4]
+    fit = fit_predict(backend, x, y, xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
+    probs, classes = fit.probs, fit.classes
+    assert classes.tolist() == [0, 1, 2, 3, 4] and fit.n_iter > 5
     np.testing.assert_allclose(probs, scipy_fit(x, y, C, fit_intercept)(xt), atol=1e-2)
     # the bar separates objectives: half the C, or the other intercept choice, is far off
     assert np.abs(probs - scipy_fit(x, y, C / 2, fit_intercept)(xt)).max() > 0.03
@@ -43,12 +46,11 @@ def test_sklearn_solves_the_stated_objective(C, fit_intercept):
 
 
 def test_backend_resolution():
-    assert resolve("sklearn") == "sklearn"
-    assert resolve("auto") == ("cuml" if cuml_available() else "sklearn")
-    with pytest.raises(ValueError, match="unknown backend"):
-        resolve("torch")
+    assert resolve("sklearn") == "sklearn" and resolve("torch") == "torch"
+    assert resolve("auto") == ("torch" if cuda_available() else "sklearn")
+    with pytest.raises(UserError, match="unknown backend"):
+        resolve("jax")
     if not cuml_available():
-        from msnpipe.runtime import UserError
         with pytest.raises(UserError, match="cuML cannot run here"):
             resolve("cuml")
 
@@ -57,7 +59,7 @@ def test_backend_resolution():
 def test_cuml_agrees_with_sklearn():
     x, y = gaussian_mixture(10, 20, 64, seed=3)
     xt, yt = gaussian_mixture(30, 20, 64, seed=3)
-    p1, _ = fit_predict("sklearn", x, y, xt, C=1.0, max_iter=1000)
-    p2, _ = fit_predict("cuml", x.astype(np.float32), y, xt.astype(np.float32), C=1.0, max_iter=1000)
+    p1 = fit_predict("sklearn", x, y, xt, C=1.0, max_iter=1000).probs
+    p2 = fit_predict("cuml", x.astype(np.float32), y, xt.astype(np.float32), C=1.0, max_iter=1000).probs
     assert abs((p1.argmax(1) == yt).mean() - (p2.argmax(1) == yt).mean()) <= 0.005
     np.testing.assert_allclose(p1, p2, atol=0.02)

@@ -55,7 +55,8 @@ def test_accuracy_matches_the_reference_script(store, tmp_path):
                  "--backend", "sklearn", "--out", str(tmp_path)]) == 0
     rows = read_csv(tmp_path / "fewshot.csv")
     assert len(rows) == 12 and set(rows[0]) == {"encoder", "seed", "n_per_class", "n_labels",
-                                                "test_acc", "test_loglik", "C", "backend", "fit_seconds"}
+                                                "test_acc", "test_loglik", "C", "backend", "fit_seconds",
+                                                "n_iter"}
     tr, te = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
     for seed in range(3):
         ref = reference_curve(np.asarray(tr.embeddings[:]), tr.labels, np.asarray(te.embeddings[:]),

@@ -1,0 +1,119 @@
+"""The torchvision decoder (`embed.pipeline.batches("torchvision", ...)`): shards to batches
+with PyTorch alone, for machines where DALI has no wheel.
+
+Each shard's `.idx` gives every JPEG's offset and size, so a member is one seek and one read.
+A batch's JPEGs are decoded by `torchvision.io.decode_jpeg` (on CUDA in one batched nvJPEG
+call; on the CPU per image, in `threads` threads), then each image goes through torchvision's
+own tensor transforms: `resize([256])` (bilinear, antialiased, the shorter side to 256 by
+torchvision's size rule, uint8 rounded as PIL rounds), `center_crop(224)` (torchvision's
+anchor), scaled to [0, 1] and normalized. The next batch is prepared in a background thread
+(on CUDA, on its own stream) while the model runs on this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embed.encoders import Preprocess
+from embed.pipeline import Batch, check_order
+from shard.reader import read_index
+
+Member = tuple[Path, int, int, int]  # (tar, offset, size, sample index)
+
+
+def jpeg_members(tars: list[Path], idxs: list[Path]) -> list[Member]:
+    """Every `.jpg` member of the tars, in order, from their indexes."""
+    return [(tar, offset, size, int(key)) for tar, idx in zip(tars, idxs)
+            for key, ext, offset, size in read_index(idx) if ext == "jpg"]
+
+
+def transform(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    """uint8 [3, H, W] -> float32 [3, crop, crop]: the reference transform on a tensor."""
+    from torchvision.transforms.v2 import functional as F
+
+    x = F.resize(img, [pre.resize], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    x = F.center_crop(x, [pre.crop, pre.crop])  # [3, 224, 224] uint8
+    x = x.to(torch.float32).div_(255)
+    return F.normalize(x, list(pre.mean), list(pre.std))
+
+
+class Preparer:
+    """Reads, decodes and transforms one batch of members on `device`."""
+
+    def __init__(self, pre: Preprocess, device: torch.device, threads: int):
+        self.pre, self.device = pre, device
+        self.files: dict[Path, object] = {}
+        self.pool = ThreadPoolExecutor(max(1, threads)) if device.type == "cpu" else None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def _read(self, m: Member) -> torch.Tensor:
+        tar, offset, size, _ = m
+        f = self.files.get(tar) or self.files.setdefault(tar, open(tar, "rb"))  # noqa: SIM115
+        data = bytearray(size)
+        f.seek(offset)
+        f.readinto(data)
+        return torch.frombuffer(data, dtype=torch.uint8)
+
+    def _one_cpu(self, data: torch.Tensor) -> torch.Tensor:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        return transform(decode_jpeg(data, mode=ImageReadMode.RGB), self.pre)
+
+    def __call__(self, members: list[Member]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+        """(images [b, 3, crop, crop] on the device, the event that marks them ready on CUDA)."""
+        data = [self._read(m) for m in members]
+        if self.pool is not None:
+            return torch.stack(list(self.pool.map(self._one_cpu, data))), None
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        with torch.cuda.stream(self.stream):
+            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # nvJPEG, batched
+            images = torch.stack([transform(img, self.pre) for img in decoded])
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return images, ready
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _pad(images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """A short last batch padded to `batch_size` by repeating its last image (as DALI pads)."""
+    if len(images) == batch_size:
+        return images
+    return torch.cat([images, images[-1:].expand(batch_size - len(images), -1, -1, -1)])
+
+
+def torchvision_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+                        batch_size: int, device: torch.device, threads: int) -> Iterator[Batch]:
+    """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
+    members = jpeg_members(tars, idxs)
+    check_order(np.array([m[3] for m in members], dtype=np.int64), order, 0)
+    if len(members) != len(order):
+        raise RuntimeError(f"the indexes list {len(members)} images, the manifest {len(order)}")
+    chunks = [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
+    prepare = Preparer(pre, device, threads)
+    ahead = ThreadPoolExecutor(1)  # one batch prepared while the model runs on the last
+    try:
+        pending: Future = ahead.submit(prepare, chunks[0])
+        for i, chunk in enumerate(chunks):
+            images, ready = pending.result()
+            if i + 1 < len(chunks):
+                pending = ahead.submit(prepare, chunks[i + 1])
+            if ready is not None:
+                torch.cuda.current_stream(device).wait_event(ready)
+                images.record_stream(torch.cuda.current_stream(device))  # freed only after its use
+            indices = np.full(batch_size, -1, dtype=np.int64)
+            indices[: len(chunk)] = [m[3] for m in chunk]
+            yield Batch(_pad(images, batch_size), indices)
+    finally:
+        ahead.shutdown(wait=True, cancel_futures=True)
+        prepare.close()
