@@ -27,7 +27,7 @@ setup: ## create .venv with the pinned versions (reuses a .venv whose pins match
 	if [ -x $(PY) ] && [ "$$(cat $(VENV)/.requirements.sha256 2>/dev/null)" = "$$want" ]; then \
 		echo "setup: $(VENV) already matches requirements.txt"; \
 	else \
-		$(PYTHON) -m venv $(VENV) && $(PY) -m pip install -q -r requirements.txt \
+		$(PYTHON) -m venv --clear $(VENV) && $(PY) -m pip install -q -r requirements.txt \
 		&& echo "$$want" > $(VENV)/.requirements.sha256 && echo "setup: $(VENV) ready"; \
 	fi
 

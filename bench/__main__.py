@@ -1,7 +1,8 @@
-"""python -m bench [shard|decode|embed|probe|e2e|all] [--quick] [--device auto|cpu|cuda]
+"""python -m bench [shard|decode|embed|probe|e2e|all|gpu] [--quick] [--device auto|cpu|cuda]
 
     python -m bench all --quick         # `make bench`: small inputs, a few minutes on a CPU
     python -m bench embed --device cuda # every encoder, full size, on the GPU
+    python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
 
 Each benchmark times ours and the reference path in the same run; rows are appended to
 bench/results/<bench>.jsonl and REPORT.md is regenerated. A benchmark that cannot run here
@@ -11,48 +12,79 @@ is recorded as skipped with the reason.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from bench import stages
-from bench.harness import RESULTS, append, machine
-from bench.report import write_report
-
-BENCHES = {"shard": stages.bench_shard, "decode": stages.bench_decode, "embed": stages.bench_embed,
-           "probe": stages.bench_probe, "e2e": stages.bench_e2e}
+BENCHES = ("shard", "decode", "embed", "probe", "e2e")
 log = logging.getLogger("bench")
+
+
+def _record(rows, mach: dict, results: Path, keep: bool = True) -> None:
+    from bench.harness import append
+
+    for row in rows:
+        if keep:
+            append(row, mach, results)
+        msg = f"skipped ({row.skipped})" if row.skipped else (
+            f"{row.ratio:.2f}x the reference" if row.ratio else f"{row.ours['rate']:.1f} {row.ours['unit']}")
+        log.info("%s %s [%s]: %s", row.bench, row.case, row.device, msg)
+
+
+def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
+    """The GPU figures; without CUDA, a dry run on the CPU and skipped rows."""
+    import torch
+
+    from bench import gpu
+
+    if torch.cuda.is_available() and a.device != "cpu":
+        sizes = gpu.QUICK if a.quick else gpu.FULL
+        if a.budget:
+            sizes = dataclasses.replace(sizes, seconds=a.budget)
+        _record(gpu.rows(tmp, torch.device("cuda"), sizes), mach, a.results)
+        return
+    log.info("no CUDA device: every section once at toy sizes on the CPU (not recorded)")
+    _record(gpu.rows(tmp, torch.device("cpu"), gpu.DRY), mach, a.results, keep=False)
+    _record(gpu.skipped_rows("no CUDA device on this machine"), mach, a.results)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, record them, rewrite the report."""
-    logging.basicConfig(format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("bench").setLevel(logging.INFO)
+    from msnpipe.runtime import setup_logging
+
+    setup_logging()
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all"])
+    p.add_argument("which", nargs="?", default="all", choices=[*BENCHES, "all", "gpu"])
     p.add_argument("--quick", action="store_true", help="small inputs (what `make bench` runs)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--results", type=Path, default=RESULTS, help="where the .jsonl rows go")
+    p.add_argument("--results", type=Path, default=None, help="where the .jsonl rows go (bench/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for generated inputs (default: temp)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="gpu: seconds for the whole run (default 480, --quick 240)")
     a = p.parse_args(argv)
+    import torch
+
+    from bench import stages
+    from bench.harness import RESULTS, machine
+    from bench.report import write_report
+
+    a.results = a.results or RESULTS
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device on this machine")
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           (a.device if a.device != "auto" else "cpu"))
     mach = machine()
-    names = list(BENCHES) if a.which == "all" else [a.which]
     with tempfile.TemporaryDirectory(dir=a.work) as tmp:
-        ws = stages.Workspace(Path(tmp), stages.Sizes.pick(a.quick, device), device)
-        for name in names:
-            log.info("%s on %s ...", name, device)
-            for row in BENCHES[name](ws):
-                append(row, mach, a.results)
-                msg = f"skipped ({row.skipped})" if row.skipped else f"{row.ratio:.2f}x the reference"
-                log.info("%s %s [%s]: %s", row.bench, row.case, row.device, msg)
+        if a.which == "gpu":
+            run_gpu(a, mach, Path(tmp))
+        else:
+            ws = stages.Workspace(Path(tmp), stages.Sizes.pick(a.quick, device), device)
+            for name in BENCHES if a.which == "all" else (a.which,):
+                log.info("%s on %s ...", name, device)
+                _record(getattr(stages, f"bench_{name}")(ws), mach, a.results)
     log.info("report: %s", write_report(a.results))
     return 0
 

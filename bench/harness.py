@@ -90,8 +90,9 @@ def machine() -> dict:
         except (OSError, IndexError):
             driver = "unknown"
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "unknown"
+    git = ["git", "rev-parse", "--short", "HEAD"]  # MSNPIPE_COMMIT: for a copy of the tree without .git
+    commit = os.environ.get("MSNPIPE_COMMIT") or subprocess.run(
+        git, cwd=ROOT, capture_output=True, text=True).stdout.strip() or "unknown"
     return {"cpu": _cpu_model(), "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem, 1),
             "gpu": gpu, "driver": driver, "commit": commit, "versions": _versions()}
 
@@ -100,8 +101,8 @@ def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for name in ("torch", "torchvision", "nvidia-dali-cuda120", "timm", "zarr", "numpy",
-                 "scikit-learn", "webdataset", "pillow", "cuml-cu12"):
+    for name in ("torch", "torchvision", "nvidia-dali-cuda130", "timm", "zarr", "numpy",
+                 "scikit-learn", "webdataset", "pillow", "cuml-cu13"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

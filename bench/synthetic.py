@@ -50,17 +50,28 @@ def _broken(i: int, good: bytes) -> tuple[str, bytes]:
     return f"broken_{i}_{name}", data
 
 
-def make_image_folder(root: Path, classes: int = 10, train: int = 24, val: int = 8,
-                      broken: int = 2, seed: int = 0, size: tuple[int, int] = (500, 375)) -> Path:
-    """root/{train,val}/class_XX/*.JPEG; returns root. Deterministic for a seed."""
-    rng = np.random.default_rng(seed)
-    for split, per_class in (("train", train), ("val", val)):
-        for c in range(classes):
-            folder = root / split / f"class_{c:02d}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(
-                    _jpeg(synthetic_image(c, classes, rng, size)))
+def _class_folder(args: tuple) -> None:
+    """Write one class folder of one split (a worker's job)."""
+    folder, split, c, classes, per_class, seed, size = args
+    rng = np.random.default_rng([seed, ("train", "val").index(split), c])
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(per_class):
+        (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(_jpeg(synthetic_image(c, classes, rng, size)))
+
+
+def make_image_folder(root: Path, classes: int = 10, train: int = 24, val: int = 8, broken: int = 2,
+                      seed: int = 0, size: tuple[int, int] = (500, 375), workers: int = 1) -> Path:
+    """root/{train,val}/class_XX/*.JPEG; returns root. Deterministic for a seed, for any
+    number of `workers` (each class folder has its own generator)."""
+    from msnpipe.pool import ordered_map, worker_pool
+
+    jobs = [(root / split / f"class_{c:02d}", split, c, classes, n, seed, size)
+            for split, n in (("train", train), ("val", val)) if n for c in range(classes)]
+    if workers > 1:
+        with worker_pool(workers) as pool:
+            list(ordered_map(pool, _class_folder, jobs))
+    else:
+        list(map(_class_folder, jobs))
     if not broken:
         return root
     good = next((root / "train").rglob("*.JPEG")).read_bytes()

@@ -32,12 +32,11 @@ from embed.assemble import ShardAssembler
 from embed.checkpoint import load_encoder, resolve_weights
 from embed.encoders import EncoderSpec, get_spec
 from embed.pipeline import Views, batches
-from embed.runner import EncoderRunner, HostRows, autocast
+from embed.runner import EncoderRunner, HostRows, auto_batch
 from msnpipe.runtime import UserError, pick_device
 from shard.reader import Split, open_split
 
 log = logging.getLogger("embed")
-AUTO_BATCHES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 CPU_BATCH = 16  # measured: on CPUs, larger batches run slower per image (cache)
 BARRIER_TIMEOUT = datetime.timedelta(days=7)  # a rank may wait long for the slowest one
 
@@ -99,13 +98,19 @@ def init_dist() -> Dist:
 
 
 def versions() -> dict:
-    """Versions of what shapes the numbers."""
-    import nvidia.dali
-    import timm
-    import zarr
+    """Versions of what shapes the numbers (DALI's only when it is installed)."""
+    from importlib.metadata import PackageNotFoundError, distributions, version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__,
-            "nvidia-dali": nvidia.dali.__version__, "zarr": zarr.__version__, "numpy": np.__version__}
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("torchvision", "timm", "zarr", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    dali = [d for d in distributions() if (d.metadata["Name"] or "").startswith("nvidia-dali")]
+    if dali:
+        out["nvidia-dali"] = dali[0].version
+    return out
 
 
 def device_name(device: torch.device) -> str:
@@ -220,21 +225,6 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: 
     return targets
 
 
-def _auto_batch(runner: EncoderRunner, device: torch.device) -> int:
-    """The largest batch in AUTO_BATCHES whose forward fits on the GPU."""
-    for b in AUTO_BATCHES:
-        try:
-            x = torch.zeros(b, 3, 224, 224, device=device)
-            with torch.inference_mode(), autocast(device, runner.precision):
-                runner.eager(x)
-            del x
-            torch.cuda.empty_cache()
-            return b
-        except torch.cuda.OutOfMemoryError:
-            torch.cuda.empty_cache()
-    raise RuntimeError(f"{runner.spec.name}: not even a batch of 1 fits on {device}")
-
-
 def deal(done: list[np.ndarray], dist: Dist) -> list[int]:
     """This rank's shards: those some target has not done, dealt round-robin over the ranks, so
     a resumed job spreads what is left evenly whatever was finished before."""
@@ -261,6 +251,7 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
     stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
                      targets[0].spec.preprocess, batch, device, dali_threads, views)
     wait = compute = 0.0
+    first: tuple[float, int] | None = None  # (seconds, images) of the first batch: compile, warm-up
     bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
     previous: list[Pending] = []
@@ -273,11 +264,13 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config
         previous = submitted
         t2 = time.perf_counter()
         wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
+        first = first or (wait + compute, real)
         bar.update(real)
     for p in previous:
         p.land()
     bar.close()
-    return {"images": len(order), "wait_s": wait, "compute_s": compute}
+    return {"images": len(order), "wait_s": wait, "compute_s": compute,
+            "first_batch_s": first[0] if first else 0.0, "first_batch_images": first[1] if first else 0}
 
 
 def _runtime(cfg: Config) -> tuple[Dist, torch.device, str]:
@@ -309,8 +302,9 @@ def run(cfg: Config) -> dict:
     split = open_split(cfg.shards, cfg.split)
     with ExitStack() as locks:
         targets = prepare_targets(cfg, split, device, precision, dist, locks)
-        batch = cfg.batch_size or (_auto_batch(targets[-1].runner, device) if device.type == "cuda"
-                                   else CPU_BATCH)
+        runners = [t.runner for t in targets]
+        batch = cfg.batch_size or (auto_batch(runners, device, cfg.views, cfg.check_drift > 0)
+                                   if device.type == "cuda" else CPU_BATCH)
         if dist.rank == 0:
             for t in targets:
                 t.group.attrs.update(_attrs(t, cfg, device, batch, split))

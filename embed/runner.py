@@ -20,6 +20,9 @@ import torch
 from embed.encoders import Embedder, EncoderSpec
 
 log = logging.getLogger("embed")
+AUTO_BATCHES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
+HEADROOM = 0.8  # of the free GPU memory a step may plan to use
+PROBE_SIZES = (4, 8)  # batches a step is measured at, to fit memory = fixed + per_image * batch
 
 
 def autocast(device: torch.device, precision: str):
@@ -86,6 +89,48 @@ class EncoderRunner:
             return None
         return {"images": len(self.drift_cos), "min_cos": min(self.drift_cos),
                 "mean_cos": float(np.mean(self.drift_cos))}
+
+
+def largest_batch(fixed: int, per_image: int, free: int, headroom: float = HEADROOM) -> int:
+    """The largest batch of AUTO_BATCHES whose planned bytes (fixed + per_image * batch) stay
+    within `headroom` of `free` bytes; 1 when none does (the back-off then halves micro-batches)."""
+    return next((b for b in AUTO_BATCHES if fixed + per_image * b <= headroom * free), 1)
+
+
+def _step_peak(runners: list[EncoderRunner], device: torch.device, batch: int, views: int,
+               drift: bool) -> int:
+    """Peak bytes above the baseline of one real step at `batch`: the decoded batch and its K
+    views held, each encoder's forward (eager: it holds more than the compiled graph), and the
+    fp32 drift pass."""
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    x = torch.zeros(batch * (1 + views), 3, 224, 224, device=device)  # images and views, as decoded
+    with torch.inference_mode():
+        for r in runners:
+            with autocast(device, r.precision):
+                r.eager(x[:batch]).float()
+            if drift:
+                r.eager(x[:batch])
+    peak = torch.cuda.max_memory_allocated(device) - base
+    del x
+    return peak
+
+
+def auto_batch(runners: list[EncoderRunner], device: torch.device, views: int = 0,
+               drift: bool = False) -> int:
+    """The batch a real step can hold on this GPU: a step's peak memory measured at two small
+    batches (images, K views, every encoder, the drift pass), extended linearly to the free
+    memory, with headroom. Out-of-memory at run time still halves micro-batches."""
+    small, large = (_step_peak(runners, device, b, views, drift) for b in PROBE_SIZES)
+    per_image = max(1, (large - small) // (PROBE_SIZES[1] - PROBE_SIZES[0]))
+    fixed = max(0, small - per_image * PROBE_SIZES[0])
+    torch.cuda.empty_cache()
+    free = torch.cuda.mem_get_info(device)[0]
+    batch = largest_batch(fixed, per_image, free)
+    log.info("batch %d: a step holds %.1f MiB + %.2f MiB per image; %.1f GiB free", batch, fixed / 2**20,
+             per_image / 2**20, free / 2**30)
+    return batch
 
 
 class HostRows:

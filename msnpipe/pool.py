@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -56,12 +57,24 @@ def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
 
 
 def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable,
-                chunksize: int = 1) -> Iterator:
-    """`map(fn, items)` in order, in `pool` (or here when None); a dead worker raises, never hangs."""
+                window: int | None = None) -> Iterator:
+    """`map(fn, items)` in order, in `pool` (or here when None), with at most `window` items
+    (default: 4 per worker) submitted ahead, so large arguments are not all queued at once.
+    A dead worker raises, never hangs."""
     if pool is None:
         yield from map(fn, items)
         return
+    window = window or 4 * pool._max_workers
+    pending: deque = deque()
     try:
-        yield from pool.map(fn, items, chunksize=chunksize)
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= window:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
     except BrokenProcessPool as e:
         raise RuntimeError("a worker process died (out of memory or killed?)") from e
+    finally:
+        for f in pending:
+            f.cancel()

@@ -90,10 +90,7 @@ def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np
         return _batched(train, test, mean, std, proto, results, tasks, sampler.classes)
     parallel = proto.jobs > 1 and proto.backend == "sklearn"
     with worker_pool(proto.jobs, _one_blas_thread) if parallel else nullcontext() as pool:
-        seeds = dict.fromkeys(t.seed for t in tasks)
-        return [row for seed in seeds
-                for row in _one_seed(train=train, test=test, mean=mean, std=std, proto=proto,
-                                     tasks=[t for t in tasks if t.seed == seed], results=results, pool=pool)]
+        return _one_by_one(train, test, mean, std, proto, results, tasks, pool)
 
 
 def _row(encoder: str, t: Task, acc: float, loglik: float, backend: str, seconds: float,
@@ -118,23 +115,30 @@ def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
     return acc, loglik, time.perf_counter() - t, fit.n_iter
 
 
-def _one_seed(*, train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
-              proto: Protocol, tasks: list[Task], results: ResultFile,
-              pool: ProcessPoolExecutor | None) -> list[dict]:
-    """The fits of one seed, its rows read in one sorted selection, one problem at a time."""
-    union = np.concatenate([t.indices for t in tasks])
-    x_all = read_rows(train, union, mean, std)  # [sum n*K, D], one read per seed
-    y_all, rows, offset, fits = train.labels[union], [], 0, []
-    for t in tasks:
-        part = slice(offset, offset + len(t.indices))
-        offset += len(t.indices)
-        fits.append((proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol))
-    for t, (acc, loglik, secs, n_iter) in zip(tasks, ordered_map(pool, _fit_score, fits)):
+def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+          tasks: list[Task]) -> Iterator[tuple]:
+    """The arguments of every fit, a seed's rows read in one sorted selection when reached."""
+    for seed in dict.fromkeys(t.seed for t in tasks):
+        mine = [t for t in tasks if t.seed == seed]
+        union = np.concatenate([t.indices for t in mine])
+        x_all, y_all, offset = read_rows(train, union, mean, std), train.labels[union], 0  # [sum n*K, D]
+        for t in mine:
+            part = slice(offset, offset + len(t.indices))
+            offset += len(t.indices)
+            yield proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol
+
+
+def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+                results: ResultFile, tasks: list[Task], pool: ProcessPoolExecutor | None) -> list[dict]:
+    """scikit-learn or cuML: one fit at a time, or `jobs` at once in the pool, rows in order."""
+    rows = []
+    fits = ordered_map(pool, _fit_score, _fits(train, test, mean, std, proto, tasks))
+    for i, (t, (acc, loglik, secs, n_iter)) in enumerate(zip(tasks, fits)):
         rows.append(_row(train.encoder, t, acc, loglik, proto.backend, secs, n_iter))
         results.append(rows[-1])
-    if rows:
-        log.info("seed %d: %d fits, accuracy %s", tasks[0].seed, len(rows),
-                 " ".join(f"{r['test_acc']:.3f}" for r in rows))
+        if i + 1 == len(tasks) or tasks[i + 1].seed != t.seed:
+            accs = [f"{r['test_acc']:.3f}" for r in rows if r["seed"] == t.seed]
+            log.info("seed %d: %d fits, accuracy %s", t.seed, len(accs), " ".join(accs))
     return rows
 
 

@@ -86,7 +86,7 @@ def validate(split_dir: Path, cands: list[Candidate], work: Path, max_side: int 
     jobs = [(str(split_dir / cands[i].path), max_side) for i, _ in todo]
     bar = tqdm(total=len(jobs), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
     with open(journal_path, "a", encoding="utf-8") as journal, bar:
-        for (i, ident), v in zip(todo, ordered_map(pool, _check, jobs, chunksize=16)):
+        for (i, ident), v in zip(todo, ordered_map(pool, _check, jobs, window=256)):
             verdicts[i] = v
             if ident is not None:
                 journal.write(f"{cands[i].path}\t{ident}\t{v.status}\t{_clean(v.detail)}\n")

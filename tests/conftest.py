@@ -28,6 +28,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def installed_decoders() -> list[str]:
+    """The embed decoders that can run here (DALI is optional on a GPU machine)."""
+    import importlib.util
+    return ["dali", "torchvision"] if importlib.util.find_spec("nvidia.dali") else ["torchvision"]
+
+
 def pixels(w: int, h: int, seed: int, mode: str = "RGB") -> np.ndarray:
     """A smooth random image (JPEG-friendly), [h, w, C] uint8."""
     rng = np.random.default_rng(seed)

@@ -46,6 +46,23 @@ def test_indices_come_from_keys_and_padding_is_marked(split, decoder):
     assert all(b.images.shape == (6, 3, 224, 224) for b in got)
 
 
+@pytest.mark.gpu
+def test_nvjpeg_pixels_stay_within_a_few_grey_levels_of_pil(split):
+    got = list(batches("torchvision", split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
+                       Preprocess(), 6, torch.device("cuda"), threads=2))
+    images = torch.cat([b.images for b in got]).cpu()
+    indices = np.concatenate([b.indices for b in got])
+    src = split.dir.parent.parent
+    originals = {f"{p.parent.name}/{p.name}": p for p in src.rglob("*.JPEG")}
+    worst, mean = 0.0, []
+    for row, index in enumerate(indices):
+        if index >= 0:
+            diff = (images[row] - load_image(originals[split.paths()[index]])).abs() * 255 * 0.224
+            worst, mean = max(worst, float(diff.max())), mean + [float(diff.mean())]
+    print(f"nvJPEG vs PIL: max {worst:.2f}, mean {np.mean(mean):.3f} grey levels")
+    assert np.mean(mean) <= 1.0 and worst <= 12
+
+
 def test_key_of_source_info():
     info = np.frombuffer(b"/x/val-000001.tar:174080:00000042.jpg", dtype=np.uint8)
     assert key_of(info) == 42

@@ -57,6 +57,7 @@ def test_backend_resolution():
 
 @pytest.mark.gpu
 def test_cuml_agrees_with_sklearn():
+    pytest.importorskip("cuml")
     x, y = gaussian_mixture(10, 20, 64, seed=3)
     xt, yt = gaussian_mixture(30, 20, 64, seed=3)
     p1 = fit_predict("sklearn", x, y, xt, C=1.0, max_iter=1000).probs

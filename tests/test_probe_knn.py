@@ -39,6 +39,16 @@ def test_matches_brute_force(store):
     assert rows[1]["top1"] > 0.5  # separable classes
 
 
+@pytest.mark.gpu
+def test_cuda_finds_the_cpu_neighbours(store):
+    train, test = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
+    q = torch.nn.functional.normalize(torch.from_numpy(np.asarray(test.embeddings[:])), dim=1)
+    s_cpu, i_cpu = top_neighbours(train, q, 20)
+    s_gpu, i_gpu = top_neighbours(train, q.cuda(), 20)
+    torch.testing.assert_close(s_gpu.cpu(), s_cpu, rtol=1e-4, atol=1e-4)
+    assert (i_gpu.cpu() == i_cpu).float().mean() > 0.99  # ties aside
+
+
 def test_running_top_k_over_small_blocks_equals_one_block(store):
     tr = open_embeddings(store, "toy", "train")
     q = torch.nn.functional.normalize(torch.randn(30, 12), dim=1)

@@ -87,6 +87,17 @@ def test_float32_reaches_the_float64_solution(store):
         assert abs(a64 - a32) <= 0.005 and abs(l64 - l32) <= 0.01
 
 
+@pytest.mark.gpu
+def test_the_curve_on_cuda_in_float32_matches_scikit_learn(store, tmp_path):
+    assert main([str(store), "--encoder", "real", "--per-class", "1-3", "--seeds", "0-19", "--tol", "1e-8",
+                 "--max-iter", "5000", "--backend", "torch", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    ours, ref = _rows(tmp_path / "fewshot.csv"), _sklearn_converged(store, range(20), (1, 2, 3))
+    acc = max(abs(float(ours[k]["test_acc"]) - a) for k, (a, _, _) in ref.items())
+    ll = max(abs(float(ours[k]["test_loglik"]) - v) for k, (_, v, _) in ref.items())
+    print(f"float32 on CUDA vs converged scikit-learn: max |acc diff| {acc:.4f}, max |loglik diff| {ll:.4f}")
+    assert acc <= 0.005 and ll <= 0.01
+
+
 def test_binary_and_no_intercept_match_scikit_learn():
     from sklearn.linear_model import LogisticRegression
 
