@@ -43,7 +43,10 @@ def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
         sizes = gpu.QUICK if a.quick else gpu.FULL
         if a.budget:
             sizes = dataclasses.replace(sizes, seconds=a.budget)
-        _record(gpu.rows(tmp, torch.device("cuda"), sizes), mach, a.results)
+        if a.encoders:
+            sizes = dataclasses.replace(sizes, encoders=tuple(a.encoders.split(",")))
+        only = tuple(s for s in a.sections.split(",") if s)
+        _record(gpu.rows(tmp, torch.device("cuda"), sizes, only), mach, a.results)
         return
     log.info("no CUDA device: every section once at toy sizes on the CPU (not recorded)")
     _record(gpu.rows(tmp, torch.device("cpu"), gpu.DRY), mach, a.results, keep=False)
@@ -64,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=None, help="folder for generated inputs (default: temp)")
     p.add_argument("--budget", type=float, default=None,
                    help="gpu: seconds for the whole run (default 480, --quick 240)")
+    p.add_argument("--sections", default="", help="gpu: only these sections (gpu-model,gpu-embed,...)")
+    p.add_argument("--encoders", default="", help="gpu: only these encoders in gpu-model")
     a = p.parse_args(argv)
     import torch
 

@@ -44,6 +44,7 @@ log = logging.getLogger("bench")
 CORES = len(os.sched_getaffinity(0))
 ALL_ENCODERS = ("vits16_800ep", "vitl7_200ep", "vitb16_600ep", "vitl16_600ep", "vitb4_300ep")
 REFERENCE_LOADER = "PIL + DataLoader(batch 16, 0 workers)"
+EMBED_BATCH = 256  # so the timed part (past the first batch, which compiles) holds several batches
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,11 @@ def _embed_ours(ctx: Context, shards: Path, encoder: str, decoder: str, runs: li
     out = ctx.root / f"store_{encoder}_{decoder}_{len(runs)}.zarr"
     stats = run(Config(shards=shards, split="val", encoders=(encoder,), weights=str(checkpoint(ctx, encoder)),
                        out=out, device=str(ctx.device), decoder=decoder,
-                       batch_size=None if not ctx.dry else 4))
+                       batch_size=EMBED_BATCH if not ctx.dry else 4))
     shutil.rmtree(out)
     steady = stats["images"] - stats["first_batch_images"]
+    if not steady:
+        raise RuntimeError(f"{stats['images']} images fill one batch of {stats['batch']}: nothing to time")
     runs.append((stats["wait_s"] + stats["compute_s"] - stats["first_batch_s"], steady, stats["batch"]))
     return stats["images"]
 
@@ -257,7 +260,7 @@ def _embed_row(ctx: Context, images: Path, shards: Path, encoder: str, decoder: 
     ours = Timing([s for s, _, _ in runs], runs[0][1])
     reference = measure(lambda: _embed_reference(ctx, images, encoder), 1, warmup=0, sync=not ctx.dry)
     gpu = not ctx.dry
-    label = (f"python -m embed --decoder {decoder}, bf16 + compile, batch {runs[0][2]} (auto)" if gpu
+    label = (f"python -m embed --decoder {decoder}, bf16 + compile, batch {runs[0][2]}" if gpu
              else f"python -m embed --decoder {decoder}, fp32, batch 4")
     return Row("gpu-embed", f"{encoder}, {decoder}", ctx.device.type, ours.summary(), reference.summary(),
                label, "compute_embeddings.py: PIL, batch 16, 0 workers, fp32 eager",
@@ -326,6 +329,7 @@ def probe_rows(ctx: Context) -> list[Row]:
     rows.append(Row("gpu-probe", f"torch vs scikit-learn, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                     torch_sub.summary(), sk.summary(), f"--backend torch on {dev}",
                     f"--backend sklearn, {CORES} processes x 1 BLAS thread", settings | agree))
+    rows += tolerance_rows(ctx, store, sub, settings)
     if installed("cuml"):
         cu = measure(lambda: _probe(store, ctx.root / "p_cuml", "cuml", *sub), 1, warmup=0, unit="fits/s")
         rows.append(Row("gpu-probe", f"torch vs cuML, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
@@ -333,6 +337,44 @@ def probe_rows(ctx: Context) -> list[Row]:
                         settings | _agreement(_answers(ctx.root / "p_cuml"), _answers(ctx.root / "p_torch"))))
     else:
         rows.append(Row("gpu-probe", "cuML", "cuda", skipped="not installed (cuml)"))
+    return rows
+
+
+def _distance(a: dict, ref: dict) -> dict:
+    keys = sorted(a.keys() & ref.keys())
+    return {"vs_converged_max_abs_acc_diff": round(max(abs(a[k][0] - ref[k][0]) for k in keys), 4),
+            "vs_converged_max_abs_loglik_diff": round(max(abs(a[k][1] - ref[k][1]) for k in keys), 4),
+            "median_iterations": int(np.median([a[k][2] for k in keys])), "fits": len(keys)}
+
+
+def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: dict) -> list[Row]:
+    """How far each backend's answers at a tolerance lie from a converged solve (torch,
+    float64, tol 1e-8), on the subset: what the default tol costs, and what float32 reaches."""
+    dev = str(ctx.device)
+    configs = [("torch, float64, tol 1e-8 (the converged solve)", "torch", "1e-8", "float64"),
+               ("torch, float32, tol 1e-4 (default)", "torch", "1e-4", "float32"),
+               ("torch, float64, tol 1e-4", "torch", "1e-4", "float64"),
+               ("torch, float32, tol 1e-6", "torch", "1e-6", "float32"),
+               ("scikit-learn, tol 1e-4 (default)", "sklearn", "1e-4", None),
+               ("scikit-learn, tol 1e-6", "sklearn", "1e-6", None)]
+    rows, converged = [], None
+    for case, backend, tol, dtype in configs:
+        if ctx.budget.left() < 15:
+            rows.append(Row("gpu-probe", case, ctx.device.type, skipped="time budget"))
+            continue
+        out = ctx.root / ("p_sk" if (backend, tol) == ("sklearn", "1e-4") else f"p_tol_{len(rows)}")
+        extra = ["--tol", tol, "--max-iter", "5000"] + (
+            ["--device", dev, "--solver-dtype", dtype] if backend == "torch" else ["--jobs", str(CORES)])
+        if (out / "fewshot.csv").exists():  # measured above: its answers, no second run
+            timing = None
+        else:
+            timing = measure(lambda out=out, b=backend, e=extra: _probe(store, out, b, *sub, *e), 1, warmup=0,
+                             unit="fits/s")
+        answers = _answers(out)
+        converged = converged or answers
+        rows.append(Row("gpu-probe", f"{case}, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type if backend ==
+                        "torch" else "cpu", timing.summary() if timing else None, None,
+                        f"--backend {backend} --tol {tol}", "", settings | _distance(answers, converged)))
     return rows
 
 
@@ -394,10 +436,14 @@ SECTIONS = (("gpu-decode", 0.08, decode_rows, True), ("gpu-model", 0.34, model_r
             ("gpu-knn", 0.14, knn_rows, True))
 
 
-def rows(root: Path, device: torch.device, sizes: GpuSizes) -> Iterator[Row]:
-    """Every section's rows, as each is measured; each section has its share of the budget."""
+def rows(root: Path, device: torch.device, sizes: GpuSizes, only: tuple[str, ...] = ()) -> Iterator[Row]:
+    """Every section's rows (or those of the sections in `only`), as each is measured; each
+    section has its share of the budget."""
     total = Budget(sizes.seconds)
-    for bench, share, fn, whole in SECTIONS:
+    chosen = [s for s in SECTIONS if not only or s[0] in only]
+    scale = 1 / sum(share for _, share, _, _ in chosen)
+    for bench, share, fn, whole in chosen:
+        share *= scale
         ctx = Context(root, device, sizes, Budget(min(total.left(), share * sizes.seconds)))
         log.info("%s on %s (%.0f s for it, %.0f s in all left)", bench, device, ctx.budget.left(),
                  total.left())

@@ -22,7 +22,7 @@ from embed.encoders import Embedder, EncoderSpec
 log = logging.getLogger("embed")
 AUTO_BATCHES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)
 HEADROOM = 0.8  # of the free GPU memory a step may plan to use
-PROBE_SIZES = (4, 8)  # batches a step is measured at, to fit memory = fixed + per_image * batch
+PROBE_SIZES = (16, 64)  # batches a step is measured at, to fit memory = fixed + per_image * batch
 
 
 def autocast(device: torch.device, precision: str):
@@ -123,7 +123,9 @@ def auto_batch(runners: list[EncoderRunner], device: torch.device, views: int = 
     batches (images, K views, every encoder, the drift pass), extended linearly to the free
     memory, with headroom. Out-of-memory at run time still halves micro-batches."""
     small, large = (_step_peak(runners, device, b, views, drift) for b in PROBE_SIZES)
-    per_image = max(1, (large - small) // (PROBE_SIZES[1] - PROBE_SIZES[0]))
+    # at least what the step's input holds per image, whatever the allocator's rounding says
+    floor = (1 + views) * 3 * 224 * 224 * 4
+    per_image = max(floor, (large - small) // (PROBE_SIZES[1] - PROBE_SIZES[0]))
     fixed = max(0, small - per_image * PROBE_SIZES[0])
     torch.cuda.empty_cache()
     free = torch.cuda.mem_get_info(device)[0]

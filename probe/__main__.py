@@ -24,7 +24,7 @@ from pathlib import Path
 from msnpipe.files import writable_dir
 from msnpipe.runtime import UserError, pick_device, setup_logging
 from probe.args import float_list, int_list
-from probe.backends import BACKENDS, resolve, torch_dtype
+from probe.backends import BACKENDS, SOLVER_DTYPES, resolve, torch_dtype
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
 from probe.multilabel import run_multilabel
@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: torch on a GPU, else scikit-learn (see README for the measurements)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
+    p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
+                   help="the torch backend's precision (auto: float64 on the CPU, float32 on CUDA)")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",
@@ -71,14 +73,15 @@ def identity(a: argparse.Namespace, train, test, proto: Protocol) -> dict:
     return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
             "Cs": list(proto.Cs), "max_iter": proto.max_iter, "tol": proto.tol, "backend": proto.backend,
-            "solver_dtype": str(torch_dtype(proto.device)) if proto.backend == "torch" else None}
+            "solver_dtype": (str(torch_dtype(proto.device, proto.solver_dtype)) if proto.backend == "torch"
+                             else None)}
 
 
 def run(a: argparse.Namespace) -> int:
     """The curve (or the multi-label evaluation) for parsed arguments."""
     writable_dir(a.out, "--out")
     proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs),
-                     str(pick_device(a.device)), a.tol)
+                     str(pick_device(a.device)), a.tol, a.solver_dtype)
     train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
     if a.multilabel:
         run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out,

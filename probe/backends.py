@@ -60,11 +60,16 @@ def resolve(backend: str) -> str:
     return backend
 
 
-def torch_dtype(device: str):
-    """float64 on the CPU; float32 on CUDA, where it reaches scikit-learn's solutions too
-    (tests/test_probe_torch.py, and bench gpu measures both)."""
+SOLVER_DTYPES = ("auto", "float32", "float64")
+
+
+def torch_dtype(device: str, requested: str = "auto"):
+    """The torch backend's precision: float64 on the CPU, float32 on CUDA (bench gpu measures
+    both against a converged solve), unless `requested` names one."""
     import torch
 
+    if requested != "auto":
+        return getattr(torch, requested)
     return torch.float64 if str(device) == "cpu" else torch.float32
 
 

@@ -43,6 +43,7 @@ class Protocol:
     jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn)
     device: str = "cpu"  # where the torch backend runs
     tol: float = 1e-4  # stop at max |gradient| <= tol (scikit-learn's default)
+    solver_dtype: str = "auto"  # the torch backend's precision: auto | float32 | float64
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.
 
     from probe import torch_lr
 
-    device, dtype = proto.device, torch_dtype(proto.device)
+    device, dtype = proto.device, torch_dtype(proto.device, proto.solver_dtype)
     x_test = torch.as_tensor(test.x, device=device, dtype=dtype)
     position = np.searchsorted(classes, test.y)
     y_test = np.where((position < len(classes)) & (classes[position.clip(max=len(classes) - 1)] == test.y),
