@@ -28,8 +28,8 @@ def _record(rows, mach: dict, results: Path, keep: bool = True) -> None:
     for row in rows:
         if keep:
             append(row, mach, results)
-        msg = f"skipped ({row.skipped})" if row.skipped else (
-            f"{row.ratio:.2f}x the reference" if row.ratio else f"{row.ours['rate']:.1f} {row.ours['unit']}")
+        msg = (f"skipped ({row.skipped})" if row.skipped else f"{row.ratio:.2f}x the reference" if row.ratio
+               else f"{row.ours['rate']:.1f} {row.ours['unit']}" if row.ours else str(row.settings))
         log.info("%s %s [%s]: %s", row.bench, row.case, row.device, msg)
 
 
