@@ -347,7 +347,8 @@ def _distance(a: dict, ref: dict) -> dict:
             "median_iterations": int(np.median([a[k][2] for k in keys])), "fits": len(keys)}
 
 
-def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: dict) -> list[Row]:
+def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: dict,
+                   bench: str = "gpu-probe") -> list[Row]:
     """How far each backend's answers at a tolerance lie from a converged solve (torch,
     float64, tol 1e-8), on the subset: what the default tol costs, and what float32 reaches."""
     dev = str(ctx.device)
@@ -360,7 +361,7 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: di
     rows, converged = [], None
     for case, backend, tol, dtype in configs:
         if ctx.budget.left() < 15:
-            rows.append(Row("gpu-probe", case, ctx.device.type, skipped="time budget"))
+            rows.append(Row(bench, case, ctx.device.type, skipped="time budget"))
             continue
         out = ctx.root / ("p_sk" if (backend, tol) == ("sklearn", "1e-4") else f"p_tol_{len(rows)}")
         extra = ["--tol", tol, "--max-iter", "5000"] + (
@@ -372,7 +373,7 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: di
                              unit="fits/s")
         answers = _answers(out)
         converged = converged or answers
-        rows.append(Row("gpu-probe", f"{case}, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type if backend ==
+        rows.append(Row(bench, f"{case}, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type if backend ==
                         "torch" else "cpu", timing.summary() if timing else None, None,
                         f"--backend {backend} --tol {tol}", "", settings | _distance(answers, converged)))
     return rows

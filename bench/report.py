@@ -15,6 +15,7 @@ TITLES = {
     "embed": "embed: images/s per encoder",
     "probe": "probe: a full few-shot curve (fits/s)",
     "e2e": "end to end: ImageFolder to probe curve",
+    "probe-tol": "probe: each backend's answers at a tolerance, against a converged solve",
     "gpu-model": "GPU, model: bf16 + torch.compile at the auto batch vs fp32 eager at batch 16 (images/s)",
     "gpu-decode": "GPU, decode + resize + crop + normalize (images/s)",
     "gpu-embed": "GPU, embed: shards to store vs the reference path on the same GPU (images/s)",

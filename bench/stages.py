@@ -304,6 +304,19 @@ def bench_probe(ws: Workspace) -> list[Row]:
     return rows
 
 
+def bench_tolerance(ws: Workspace) -> list[Row]:
+    """What scikit-learn's default tol costs: each backend's answers at tol 1e-4 and 1e-6 against
+    a converged solve, on realistic embeddings (bench.gpu.tolerance_rows, on this device)."""
+    from bench.gpu import Budget, Context, npy_store, tolerance_rows
+    from bench.synthetic import realistic_embeddings
+
+    classes, dim = (100, 256) if ws.sizes.repeats < 3 else (300, 384)
+    ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
+    store = npy_store(ctx, "real", realistic_embeddings(classes, dim, {"train": 4, "val": 5}, seed=0))
+    settings = {"classes": classes, "dim": dim, "data": "bench.synthetic.realistic_embeddings"}
+    return tolerance_rows(ctx, store, (4, 3), settings, bench="probe-tol")
+
+
 def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
     """Seconds per stage of ImageFolder -> shards -> embed (train, val) -> probe curve."""
     import time

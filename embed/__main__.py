@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
                    help="images per batch, or auto (default: largest that fits on CUDA, 16 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--decoder", choices=DECODERS, default="dali",
-                   help="dali (default; nvJPEG on a GPU) or torchvision (decode_jpeg, no DALI needed)")
+                   help="dali (default; nvJPEG on a GPU), torchvision (decode_jpeg, nvJPEG on a GPU; no "
+                        "DALI needed) or torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
     p.add_argument("--check-drift", type=int, default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     extra = {"threads": a.threads} if a.threads else {}
     if a.views < 0:
         p.error("--views: a whole number >= 0")
-    if a.views and a.decoder != "dali":
+    if a.views and a.decoder != "dali":  # the augmentations are DALI operators
         p.error("--views needs --decoder dali: augmented views are made by DALI")
     return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
                   kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,

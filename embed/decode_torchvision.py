@@ -4,7 +4,8 @@ with PyTorch alone, for machines where DALI has no wheel.
 Each shard's `.idx` gives every JPEG's offset and size, so a member is one seek and one read.
 A batch's JPEGs are decoded by `torchvision.io.decode_jpeg` (on CUDA in one batched nvJPEG
 call; on the CPU per image, in `threads` threads), then each image goes through torchvision's
-own tensor transforms: `resize([256])` (bilinear, antialiased, the shorter side to 256 by
+own tensor transforms (with `cpu_decode`, decoding and transforms run on the CPU and the batch
+is copied to the GPU from pinned memory): `resize([256])` (bilinear, antialiased, the shorter side to 256 by
 torchvision's size rule, uint8 rounded as PIL rounds), `center_crop(224)` (torchvision's
 anchor), scaled to [0, 1] and normalized. The next batch is prepared in a background thread
 (on CUDA, on its own stream) while the model runs on this one.
@@ -45,10 +46,11 @@ def transform(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 class Preparer:
     """Reads, decodes and transforms one batch of members on `device`."""
 
-    def __init__(self, pre: Preprocess, device: torch.device, threads: int):
+    def __init__(self, pre: Preprocess, device: torch.device, threads: int, cpu_decode: bool = False):
         self.pre, self.device = pre, device
         self.files: dict[Path, object] = {}
-        self.pool = ThreadPoolExecutor(max(1, threads)) if device.type == "cpu" else None
+        on_cpu = cpu_decode or device.type == "cpu"
+        self.pool = ThreadPoolExecutor(max(1, threads)) if on_cpu else None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def _read(self, m: Member) -> torch.Tensor:
@@ -68,12 +70,18 @@ class Preparer:
         """(images [b, 3, crop, crop] on the device, the event that marks them ready on CUDA)."""
         data = [self._read(m) for m in members]
         if self.pool is not None:
-            return torch.stack(list(self.pool.map(self._one_cpu, data))), None
+            images = torch.stack(list(self.pool.map(self._one_cpu, data)))  # [b, 3, crop, crop]
+            if self.stream is None:
+                return images, None
+            images = images.pin_memory()
         from torchvision.io import ImageReadMode, decode_jpeg
 
         with torch.cuda.stream(self.stream):
-            decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # nvJPEG, batched
-            images = torch.stack([transform(img, self.pre) for img in decoded])
+            if self.pool is not None:
+                images = images.to(self.device, non_blocking=True)
+            else:
+                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # nvJPEG, batched
+                images = torch.stack([transform(img, self.pre) for img in decoded])
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return images, ready
@@ -93,14 +101,15 @@ def _pad(images: torch.Tensor, batch_size: int) -> torch.Tensor:
 
 
 def torchvision_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
-                        batch_size: int, device: torch.device, threads: int) -> Iterator[Batch]:
+                        batch_size: int, device: torch.device, threads: int,
+                        cpu_decode: bool = False) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
     members = jpeg_members(tars, idxs)
     check_order(np.array([m[3] for m in members], dtype=np.int64), order, 0)
     if len(members) != len(order):
         raise RuntimeError(f"the indexes list {len(members)} images, the manifest {len(order)}")
     chunks = [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
-    prepare = Preparer(pre, device, threads)
+    prepare = Preparer(pre, device, threads, cpu_decode)
     ahead = ThreadPoolExecutor(1)  # one batch prepared while the model runs on the last
     try:
         pending: Future = ahead.submit(prepare, chunks[0])

@@ -7,7 +7,9 @@
 makes augmented views (`--views`). `torchvision`: the shards' members read through their
 `.idx`, `torchvision.io.decode_jpeg` (nvJPEG on CUDA, libjpeg-turbo on the CPU), then
 torchvision's own resize/crop/normalize on tensors, a batch prepared ahead in a background
-thread; for machines where DALI has no wheel. Both reproduce the reference transform
+thread; for machines where DALI has no wheel. `torchvision-cpu`: the same, but decoded with
+libjpeg-turbo on the CPU whatever the model's device, so pixels are PIL's (nvJPEG's differ by
+about a grey level on average, more at some edges). All reproduce the reference transform
 (`Resize(256)` bilinear antialiased, `CenterCrop(224)`, ImageNet mean/std), do not apply EXIF
 orientation (PIL does not), index rows by the samples' keys (never arrival order, checked
 against `order`) and pad the last batch to full size with index -1.
@@ -25,7 +27,7 @@ import torch
 from embed.encoders import Preprocess
 from msnpipe.runtime import UserError
 
-DECODERS = ("dali", "torchvision")
+DECODERS = ("dali", "torchvision", "torchvision-cpu")
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,11 @@ def batches(decoder: str, tars: list[Path], idxs: list[Path], order: np.ndarray,
         from embed.decode_dali import dali_batches
 
         return dali_batches(tars, idxs, order, pre, batch_size, device, threads, views)
-    if decoder == "torchvision":
+    if decoder in ("torchvision", "torchvision-cpu"):
         if views is not None:
             raise UserError("--views needs --decoder dali: augmented views are made by DALI")
         from embed.decode_torchvision import torchvision_batches
 
-        return torchvision_batches(tars, idxs, order, pre, batch_size, device, threads)
+        return torchvision_batches(tars, idxs, order, pre, batch_size, device, threads,
+                                   cpu_decode=decoder == "torchvision-cpu")
     raise UserError(f"--decoder {decoder!r}: one of {', '.join(DECODERS)}")

@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: torch on a GPU, else scikit-learn (see README for the measurements)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
-                   help="the torch backend's precision (auto: float64 on the CPU, float32 on CUDA)")
+                   help="the torch backend's precision (auto: float64; float32 misses parity)")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
                    help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",

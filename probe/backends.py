@@ -64,13 +64,12 @@ SOLVER_DTYPES = ("auto", "float32", "float64")
 
 
 def torch_dtype(device: str, requested: str = "auto"):
-    """The torch backend's precision: float64 on the CPU, float32 on CUDA (bench gpu measures
-    both against a converged solve), unless `requested` names one."""
+    """The torch backend's precision: float64 unless `requested` names another. Measured on an
+    H200: float32 stops up to 0.025 in log-likelihood from a converged solve (the parity bar is
+    0.01), while a float64 iteration cost about what a float32 one did (bench/results)."""
     import torch
 
-    if requested != "auto":
-        return getattr(torch, requested)
-    return torch.float64 if str(device) == "cpu" else torch.float32
+    return torch.float64 if requested == "auto" else getattr(torch, requested)
 
 
 def fit_predict(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float,

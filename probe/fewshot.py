@@ -43,7 +43,7 @@ class Protocol:
     jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn)
     device: str = "cpu"  # where the torch backend runs
     tol: float = 1e-4  # stop at max |gradient| <= tol (scikit-learn's default)
-    solver_dtype: str = "auto"  # the torch backend's precision: auto | float32 | float64
+    solver_dtype: str = "auto"  # the torch backend's precision: auto (float64) | float32 | float64
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,8 @@ def pytest_collection_modifyitems(config, items):
 def installed_decoders() -> list[str]:
     """The embed decoders that can run here (DALI is optional on a GPU machine)."""
     import importlib.util
-    return ["dali", "torchvision"] if importlib.util.find_spec("nvidia.dali") else ["torchvision"]
+    found = ["torchvision", "torchvision-cpu"]
+    return (["dali"] if importlib.util.find_spec("nvidia.dali") else []) + found
 
 
 def pixels(w: int, h: int, seed: int, mode: str = "RGB") -> np.ndarray:

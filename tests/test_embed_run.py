@@ -230,7 +230,9 @@ def test_gpu_fp32_eager_matches_the_reference(embed_shards, vits_checkpoint, ref
     rows = np.asarray(open_embeddings(out, "vits16_800ep", "val").embeddings[:])
     cos = cosines(rows, reference_rows)
     print(f"{decoder}: fp32 on the GPU vs the reference path: min cos {cos.min():.6f}")
-    assert cos.min() >= 0.999
+    # nvJPEG decodes a little differently from PIL's libjpeg (0.9956 measured on an H200, random
+    # weights); torchvision-cpu decodes with libjpeg-turbo as PIL does
+    assert cos.min() >= (0.99999 if decoder == "torchvision-cpu" else 0.99)
 
 
 def _views(out):
