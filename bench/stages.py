@@ -177,7 +177,8 @@ def flops_per_image(encoder: str) -> float:
     """Forward FLOPs of one 224x224 image, from torch's flop counter."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from embed.encoders import Embedder, build_model, get_spec
+    from embed.encoders import get_spec
+    from embed.models import Embedder, build_model
 
     with torch.device("meta"):
         model = Embedder(build_model(get_spec(encoder)))

@@ -22,7 +22,6 @@ from pathlib import Path
 
 from embed.encoders import ENCODERS, KINDS, get_spec
 from embed.pipeline import DECODERS
-from embed.run import Config, run
 from embed.store import DTYPES
 from msnpipe.runtime import UserError, setup_logging
 
@@ -37,8 +36,8 @@ def _batch(text: str) -> int | None:
     return int(text)
 
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """The command line of `python -m embed`, as a Config."""
+def parse_args(argv: list[str] | None = None):
+    """The command line of `python -m embed`, as an embed.run.Config."""
     p = argparse.ArgumentParser(prog="python -m embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", type=Path, help="the OUT folder of python -m shard")
@@ -75,6 +74,8 @@ def parse_args(argv: list[str] | None = None) -> Config:
         [get_spec(n) for n in names]
     except KeyError as e:
         p.error(e.args[0])
+    from embed.run import Config  # torch: imported once the command line is known
+
     extra = {"threads": a.threads} if a.threads else {}
     if a.views < 0:
         p.error("--views: a whole number >= 0")
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     cfg = parse_args(argv)
     log.info("config: %s", cfg)
+    from embed.run import run
+
     try:
         s = run(cfg)
     except UserError as e:

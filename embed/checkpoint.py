@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from embed.encoders import EncoderSpec, build_model
+from embed.encoders import EncoderSpec
+from embed.models import build_model
 from msnpipe.runtime import UserError, few
 
 log = logging.getLogger("embed")

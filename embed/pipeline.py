@@ -20,12 +20,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from embed.encoders import Preprocess
 from msnpipe.runtime import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 DECODERS = ("dali", "torchvision", "torchvision-cpu")
 

@@ -17,7 +17,8 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from embed.encoders import Embedder, EncoderSpec
+from embed.encoders import EncoderSpec
+from embed.models import Embedder
 
 log = logging.getLogger("embed")
 AUTO_BATCHES = (1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1)

@@ -32,13 +32,15 @@ import shutil
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import zarr
-from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from msnpipe.files import exclusive
 from msnpipe.runtime import UserError
+
+if TYPE_CHECKING:  # zarr is imported where a store is opened, so command lines start fast
+    import zarr
 
 DTYPES = ("float32", "float16")
 LOCKS, TMP = ".locks", ".tmp"  # beside the groups, never inside one
@@ -62,10 +64,14 @@ class Layout:
 
 
 def _codecs() -> dict:
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
     return {"compressors": (ZstdCodec(), Crc32cCodec())}  # crc32c of the compressed bytes
 
 
 def _open_root(store: Path | str, mode: str) -> zarr.Group:
+    import zarr
+
     return zarr.open_group(str(store), mode=mode, zarr_format=3)
 
 
@@ -78,7 +84,7 @@ def writer_lock(store: Path | str, encoder: str, split: str) -> AbstractContextM
 
 def _build(path: Path, layout: Layout, attrs: dict) -> None:
     """Every array of a new group at `path`, nothing written or done yet."""
-    g = zarr.open_group(str(path), mode="w", zarr_format=3)
+    g = _open_root(path, "w")
     n, k, d = layout.num_samples, max(1, layout.samples_per_shard), layout.dim
     g.create_array("embeddings", shape=(n, d), chunks=(k, d), dtype=layout.dtype, fill_value=np.nan,
                    **_codecs())

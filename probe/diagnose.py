@@ -29,173 +29,18 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings, open_group
 from msnpipe.runtime import UserError, pick_device, setup_logging
-from probe.data import mean_std, open_pair
+from probe.data import open_pair
+
+if TYPE_CHECKING:  # torch and the metrics are imported once the command line is parsed
+    import torch
 
 log = logging.getLogger("probe")
-MAX_K = 101
-UNIFORMITY_T = 2.0
-
-
-def _blocks(x: torch.Tensor, rows: int = 4096):
-    for start in range(0, len(x), rows):
-        yield start, x[start : start + rows]
-
-
-def alignment(views: torch.Tensor) -> float:
-    """E ||f(v_a) - f(v_b)||^2 over all view pairs a < b of each image; views [N, K, D]."""
-    z = F.normalize(views.float(), dim=-1)
-    k = z.shape[1]
-    pairs = [(a, b) for a in range(k) for b in range(a + 1, k)]
-    return float(np.mean([(z[:, a] - z[:, b]).pow(2).sum(-1).mean().item() for a, b in pairs]))
-
-
-def uniformity(x: torch.Tensor, t: float = UNIFORMITY_T) -> float:
-    """log E_{i != j} exp(-t ||f(x_i) - f(x_j)||^2), block by block; x [N, D]."""
-    z = F.normalize(x.float(), dim=-1)
-    n, total = len(z), 0.0
-    for _, block in _blocks(z):
-        d2 = (2 - 2 * block @ z.T).clamp_min(0)  # [b, N]
-        total += torch.exp(-t * d2).sum().item() - len(block)  # drop i == j (distance 0)
-    return float(np.log(total / (n * (n - 1))))
-
-
-def instance_discrimination(queries: torch.Tensor, gallery: torch.Tensor) -> dict[str, float]:
-    """Share of queries whose own gallery row (same index) is the top-1 / in the top-5 by cosine."""
-    q, g = F.normalize(queries.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
-    top1 = top5 = 0
-    for start, block in _blocks(q):
-        sims = block @ g.T  # [b, N]
-        own = sims[torch.arange(len(block)), torch.arange(start, start + len(block))]
-        better = (sims > own[:, None]).sum(1)
-        top1 += (better == 0).sum().item()
-        top5 += (better < 5).sum().item()
-    return {"top1": top1 / len(q), "top5": top5 / len(q)}
-
-
-def covariance_spectrum(x: torch.Tensor) -> np.ndarray:
-    """Eigenvalues of the covariance [D], descending, accumulated in float64 over blocks."""
-    mean = x.double().mean(0)
-    cov = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=x.device)
-    for _, block in _blocks(x):
-        c = block.double() - mean
-        cov += c.T @ c
-    ev = torch.linalg.eigvalsh(cov / max(1, len(x) - 1)).clamp_min(0).flip(0)
-    return ev.cpu().numpy()
-
-
-def effective_rank(eigenvalues: np.ndarray) -> float:
-    """RankMe: exp(entropy of p_k = s_k / sum s), s = singular values of the centered matrix."""
-    s = np.sqrt(np.maximum(eigenvalues, 0))
-    p = s / s.sum() + 1e-12
-    return float(np.exp(-(p * np.log(p)).sum()))
-
-
-def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mode: str,
-              max_k: int = MAX_K) -> np.ndarray:
-    """Majority-vote accuracy for k = 1..max_k; mode plain (Euclidean) | norm | shifted-norm.
-    The train split streams in blocks (probe.knn.top_neighbours); test [Q, D] is in memory."""
-    from probe.knn import top_neighbours
-
-    shift = None
-    if mode == "shifted-norm":
-        shift = torch.from_numpy(mean_std(train)[0]).to(test.device)
-        test = test - shift
-    metric = "euclidean" if mode == "plain" else "cosine"
-    if metric == "cosine":
-        test = F.normalize(test, dim=-1)
-    _, idx = top_neighbours(train, test, max_k, metric=metric, shift=shift)  # [Q, k]
-    train_y = torch.from_numpy(train.labels.astype(np.int64)).to(test.device)
-    classes = int(max(train_y.max(), test_y.max()).item()) + 1
-    correct = torch.zeros(idx.shape[1], dtype=torch.float64)
-    for start in range(0, len(idx), 256):
-        counts = F.one_hot(train_y[idx[start : start + 256]], classes).cumsum(1)  # [b, k, C]
-        pred = counts.argmax(-1)  # [b, k]: the vote of the first j + 1 neighbours
-        correct += (pred == test_y[start : start + 256, None]).sum(0).double().cpu()
-    return (correct / len(test)).numpy()
-
-
-def linear_cka(x: EmbeddingSet, y: EmbeddingSet, device: torch.device | str = "cpu") -> float:
-    """Linear CKA of two encoders' rows of the same split, from D x D products accumulated over
-    row blocks in float64 on `device`."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"CKA needs the same rows: {x.encoder} has {x.shape[0]}, {y.encoder} {y.shape[0]}")
-    mx, my = (torch.from_numpy(mean_std(e)[0]).to(device, torch.float64) for e in (x, y))
-    xy = xx = yy = 0.0
-    for start in range(0, x.shape[0], 8192):
-        rows = np.arange(start, min(start + 8192, x.shape[0]))
-        a = torch.from_numpy(x.rows(rows)).to(device, torch.float64) - mx  # [b, D1]
-        b = torch.from_numpy(y.rows(rows)).to(device, torch.float64) - my  # [b, D2]
-        xy, xx, yy = xy + a.T @ b, xx + a.T @ a, yy + b.T @ b  # [D1, D2], [D1, D1], [D2, D2]
-    return float((xy**2).sum() / torch.sqrt((xx**2).sum() * (yy**2).sum()))
-
-
-def balanced_sample(labels: np.ndarray, classes: int, per_class: int, seed: int = 0) -> np.ndarray:
-    """Sorted row indices: up to `per_class` rows of each of the first `classes` classes."""
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)[:classes]]
-    return np.sort(np.concatenate(keep))
-
-
-def tsne_map(x: np.ndarray, y: np.ndarray, out: Path) -> Path:
-    """2-D t-SNE (cuML on a GPU when installed, else scikit-learn) of rows x, colored by y."""
-    from probe.backends import cuml_available
-
-    if cuml_available():
-        from cuml.manifold import TSNE
-    else:
-        from sklearn.manifold import TSNE
-    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
-    xy = np.asarray(TSNE(n_components=2, perplexity=perplexity, random_state=0).fit_transform(x))
-    fig, ax = _figure()
-    ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab20", s=6)
-    ax.set(title=f"t-SNE of {len(x)} rows, {len(np.unique(y))} classes", xticks=[], yticks=[])
-    return _save(fig, out)
-
-
-def spectrum_plot(eigenvalues: np.ndarray, out: Path, erank: float) -> Path:
-    fig, ax = _figure()
-    ax.semilogy(np.arange(1, len(eigenvalues) + 1), np.maximum(eigenvalues, 1e-12))
-    ax.set(xlabel="component", ylabel="variance", title=f"covariance spectrum (effective rank {erank:.1f})")
-    return _save(fig, out)
-
-
-def cka_plot(names: list[str], matrix: np.ndarray, out: Path) -> Path:
-    fig, ax = _figure()
-    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
-    ax.set_yticks(range(len(names)), names)
-    for i in range(len(names)):
-        for j in range(len(names)):
-            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(im)
-    ax.set_title("linear CKA")
-    return _save(fig, out)
-
-
-def _figure():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=(5.5, 4.5))
-
-
-def _save(fig, out: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
 
 
 def _rows(e: EmbeddingSet, idx: np.ndarray) -> np.ndarray:
@@ -210,6 +55,10 @@ def _timed(times: dict, name: str, fn, *args):
 
 
 def _views_part(e: EmbeddingSet, idx: np.ndarray, x: torch.Tensor, times: dict) -> dict:
+    import torch
+
+    from probe.metrics import alignment, instance_discrimination
+
     if e.views is None or e.views.shape[1] < 2:
         return {"alignment": None, "instance_discrimination": None,
                 "views_note": "no views in the store: embed with --views 2 (or more) for these"}
@@ -226,6 +75,10 @@ def _knn_part(train: EmbeddingSet | str, e: EmbeddingSet, x: torch.Tensor, idx: 
               times: dict) -> dict:
     if isinstance(train, str):
         return {"knn_note": train}
+    import torch
+
+    from probe.metrics import knn_sweep
+
     y = torch.from_numpy(e.labels[idx].astype(np.int64)).to(x.device)
     sweep = {}
     for mode in ("plain", "norm", "shifted-norm"):
@@ -257,6 +110,9 @@ def cka_groups(store: Path, e: EmbeddingSet) -> tuple[list[EmbeddingSet], dict[s
 
 
 def _cka_part(store: Path, e: EmbeddingSet, out: Path, times: dict, device: torch.device) -> dict:
+    from probe.metrics import linear_cka
+    from probe.plot import cka_plot
+
     sets, left_out = cka_groups(store, e)
     if len(sets) < 2:
         return {"cka": None, "cka_left_out": left_out,
@@ -275,6 +131,11 @@ def _cka_part(store: Path, e: EmbeddingSet, out: Path, times: dict, device: torc
 def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path, *, max_rows: int,
              tsne_classes: int, tsne_per_class: int, device: torch.device) -> dict:
     """Every diagnostic of (encoder, split); writes the PNGs and returns the JSON-able result."""
+    import torch
+
+    from probe.metrics import balanced_sample, covariance_spectrum, effective_rank, uniformity
+    from probe.plot import spectrum_plot, tsne_map
+
     try:
         train, e = open_pair(store, encoder, train_split, split)
     except StoreError as err:  # no train split: everything but the kNN sweep

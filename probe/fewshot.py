@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import log_loss
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
@@ -68,6 +67,8 @@ def draws(sampler: ClassSampler, seed: int, per_class: tuple[int, ...]) -> Itera
 
 def score(probs: np.ndarray, classes: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(accuracy, log-likelihood = minus log loss) of test probabilities [N, K]."""
+    from sklearn.metrics import log_loss
+
     acc = float(np.mean(classes[probs.argmax(1)] == y))
     return acc, float(-log_loss(y, probs, labels=classes))
 

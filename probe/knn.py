@@ -15,23 +15,29 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError, pick_device, setup_logging
 from probe.data import open_pair
 from probe.results import ResultFile
 
+if TYPE_CHECKING:  # torch is imported where neighbours are found, so --help answers at once
+    import torch
+
 log = logging.getLogger("probe")
 KS = (10, 20, 100, 200)
 TEMPERATURE = 0.07
+VOTE_FLOATS = 1 << 25  # votes held at once: queries x k x classes, in a chunk of queries
 
 
 def _blocks(e: EmbeddingSet, device: torch.device, rows: int, metric: str = "cosine",
             shift: torch.Tensor | None = None):
     """(start, train block [b, D]) prepared for `metric`: shifted, then L2-normalized for cosine."""
+    import torch
+
     for start, block in e.row_blocks(rows):
         x = torch.from_numpy(block).to(device)
         if shift is not None:
@@ -47,6 +53,8 @@ def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *, me
     metric "cosine": queries must be L2-normalized, score = cosine similarity; "euclidean":
     score = 2 q.t - ||t||^2, which orders rows as -||q - t||^2 does. `shift` is subtracted
     from train rows first (queries must be shifted by the caller)."""
+    import torch
+
     q_n = len(queries)
     k = min(max_k, train.shape[0])
     best_s = torch.full((q_n, k), -torch.inf, device=queries.device)
@@ -65,33 +73,46 @@ def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *, me
     return best_s, best_i
 
 
-def knn_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor, k: int,
-                 num_classes: int, temperature: float) -> tuple[float, float]:
-    """(top-1, top-5) of exp(sim/T)-weighted votes of the first k neighbours. Top-5 counts the
-    true class when it got votes and fewer than 5 classes got more (no ties among zeros)."""
-    weights = (sims[:, :k] / temperature).exp()  # [Q, k]
-    votes = torch.zeros(len(sims), num_classes, device=sims.device)
-    votes.scatter_add_(1, neighbour_labels[:, :k], weights)  # [Q, C]
-    mine = votes.gather(1, labels[:, None])  # [Q, 1]
-    top1 = votes.argmax(1) == labels
-    top5 = (mine[:, 0] > 0) & ((votes > mine).sum(1) < 5)
-    return top1.float().mean().item(), top5.float().mean().item()
+def vote_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor,
+                  ks: tuple[int, ...], num_classes: int,
+                  temperature: float | None = None) -> dict[int, tuple[float, float]]:
+    """k -> (top-1, top-5) of the votes of the first k neighbours of each query: weighted by
+    exp(sim / T) (DINO's kNN), or one vote each when `temperature` is None (majority vote).
+    Ties go to the lower class index. Top-5 counts the true class when it got votes and fewer
+    than 5 classes got more. sims, neighbour_labels [Q, K] (nearest first), labels [Q]."""
+    import torch
+
+    top = max(ks)
+    weights = (sims[:, :top] / temperature).exp() if temperature else torch.ones_like(sims[:, :top])
+    at = torch.tensor([k - 1 for k in ks], device=sims.device)
+    hits1 = torch.zeros(len(ks), dtype=torch.float64)
+    hits5 = torch.zeros(len(ks), dtype=torch.float64)
+    step = max(1, VOTE_FLOATS // (top * num_classes))
+    for q0 in range(0, len(sims), step):
+        one = torch.zeros(*weights[q0 : q0 + step].shape, num_classes, device=sims.device)
+        one.scatter_(2, neighbour_labels[q0 : q0 + step, :top, None], weights[q0 : q0 + step, :, None])
+        votes = one.cumsum(1).index_select(1, at)  # [q, len(ks), C]: votes of the first k
+        y = labels[q0 : q0 + step, None].expand(-1, len(ks))
+        mine = votes.gather(2, y[..., None])  # [q, len(ks), 1]
+        hits1 += (votes.argmax(2) == y).sum(0).double().cpu()
+        hits5 += ((mine[..., 0] > 0) & ((votes > mine).sum(2) < 5)).sum(0).double().cpu()
+    n = max(1, len(sims))
+    return {k: (float(hits1[i] / n), float(hits5[i] / n)) for i, k in enumerate(ks)}
 
 
 def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], temperature: float,
              device: torch.device) -> list[dict]:
     """Top-1/top-5 for every k."""
+    import torch
+
     queries = torch.cat([b for _, b in _blocks(test, device, 65536)])  # [Q, D], normalized
     sims, idx = top_neighbours(train, queries, max(ks))
     train_labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
     labels = torch.from_numpy(test.labels.astype(np.int64)).to(device)
     num_classes = int(max(train_labels.max().item(), labels.max().item())) + 1
-    rows = []
-    for k in ks:
-        top1, top5 = knn_accuracy(sims, train_labels[idx], labels, k, num_classes, temperature)
-        rows.append({"encoder": train.encoder, "k": k, "temperature": temperature,
-                     "top1": top1, "top5": top5})
-    return rows
+    scores = vote_accuracy(sims, train_labels[idx], labels, ks, num_classes, temperature)
+    return [{"encoder": train.encoder, "k": k, "temperature": temperature, "top1": scores[k][0],
+             "top5": scores[k][1]} for k in ks]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

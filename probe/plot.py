@@ -1,4 +1,5 @@
-"""python -m probe.plot DIR [DIR ...] --out fewshot.png: accuracy and log-likelihood vs labels.
+"""python -m probe.plot DIR [DIR ...] --out fewshot.png: accuracy and log-likelihood vs labels;
+and the figures of probe.diagnose (spectrum, CKA matrix, t-SNE map).
 
     python -m probe.plot out/probe --out out/probe/fewshot.png
     python -m probe.plot out/probe ../msn-embeddings/results --out compare.png --logx
@@ -94,12 +95,7 @@ def _mean_sem(rows: list[dict]) -> dict[str, float]:
 
 def plot(lines: dict[str, dict[str, np.ndarray]], out: Path, logx: bool = False) -> Path:
     """Two panels (accuracy %, log-likelihood) with mean ± standard error bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(ncols=2, figsize=(9, 3.4))
+    fig, axes = _figure(ncols=2, figsize=(9, 3.4))
     for label, c in lines.items():
         for ax, metric in zip(axes, ("acc", "loglik")):
             m, s = c[f"{metric}_mean"], c[f"{metric}_sem"]
@@ -111,9 +107,60 @@ def plot(lines: dict[str, dict[str, np.ndarray]], out: Path, logx: bool = False)
         if logx:
             ax.set_xscale("log")
     axes[1].legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
+    return _save(fig, out, bbox_inches="tight")
+
+
+def tsne_map(x: np.ndarray, y: np.ndarray, out: Path) -> Path:
+    """2-D t-SNE (cuML on a GPU when installed, else scikit-learn) of rows x, colored by y."""
+    from probe.backends import cuml_available
+
+    if cuml_available():
+        from cuml.manifold import TSNE
+    else:
+        from sklearn.manifold import TSNE
+    perplexity = float(min(30, max(2, (len(x) - 1) // 3)))
+    xy = np.asarray(TSNE(n_components=2, perplexity=perplexity, random_state=0).fit_transform(x))
+    fig, ax = _figure()
+    ax.scatter(xy[:, 0], xy[:, 1], c=y, cmap="tab20", s=6)
+    ax.set(title=f"t-SNE of {len(x)} rows, {len(np.unique(y))} classes", xticks=[], yticks=[])
+    return _save(fig, out)
+
+
+def spectrum_plot(eigenvalues: np.ndarray, out: Path, erank: float) -> Path:
+    fig, ax = _figure()
+    ax.semilogy(np.arange(1, len(eigenvalues) + 1), np.maximum(eigenvalues, 1e-12))
+    ax.set(xlabel="component", ylabel="variance", title=f"covariance spectrum (effective rank {erank:.1f})")
+    return _save(fig, out)
+
+
+def cka_plot(names: list[str], matrix: np.ndarray, out: Path) -> Path:
+    fig, ax = _figure()
+    im = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", color="w", fontsize=8)
+    fig.colorbar(im)
+    ax.set_title("linear CKA")
+    return _save(fig, out)
+
+
+def _figure(**kw):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**({"figsize": (5.5, 4.5)} | kw))
+
+
+def _save(fig, out: Path, **kw) -> Path:
+    import matplotlib.pyplot as plt
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120, **kw)
     plt.close(fig)
     return out
 

@@ -5,7 +5,8 @@ import torch
 
 from bench.reference import ReferenceViT
 from embed.checkpoint import random_model
-from embed.encoders import ENCODERS, Embedder, build_model, get_spec
+from embed.encoders import ENCODERS, get_spec
+from embed.models import Embedder, build_model
 
 TABLE = {  # DESIGN.md: name -> (architecture, patch, dim, depth, heads)
     "vits16_800ep": ("deit_small", 16, 384, 12, 6),

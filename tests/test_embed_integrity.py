@@ -37,7 +37,7 @@ def reference(embed_shards, tmp_path_factory):
 
 def test_non_finite_rows_are_refused_naming_samples_and_nothing_is_marked_done(
         embed_shards, tiny_encoders, tmp_path, monkeypatch, caplog):
-    from embed.encoders import Embedder
+    from embed.models import Embedder
     forward = Embedder.forward
     monkeypatch.setattr(Embedder, "forward", lambda self, x: forward(self, x) * float("nan"))
     assert main(_args(embed_shards, tmp_path / "n.zarr")) == 1
@@ -96,7 +96,7 @@ def test_num_samples_edited_gets_one_line(embed_shards, tiny_encoders, tmp_path,
 def test_unexpected_errors_keep_their_traceback(embed_shards, tiny_encoders, tmp_path, monkeypatch):
     def boom(cfg):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
-    monkeypatch.setattr("embed.__main__.run", boom)
+    monkeypatch.setattr("embed.run.run", boom)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         main(_args(embed_shards, tmp_path / "x.zarr"))
 

@@ -88,3 +88,15 @@ def test_pick_device():
         assert str(pick_device("auto")) == "cpu"
         with pytest.raises(UserError, match="CUDA is not available"):
             pick_device("cuda")
+
+
+@pytest.mark.parametrize("module", ["shard", "shard.verify", "embed", "embed.verify", "embed.info", "probe",
+                                    "probe.knn", "probe.msn", "probe.diagnose", "probe.plot", "bench"])
+def test_help_answers_within_a_second(module):
+    seconds = []
+    for _ in range(2):  # the first run may compile .pyc files
+        t = time.perf_counter()
+        r = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True)
+        seconds.append(time.perf_counter() - t)
+        assert r.returncode == 0 and "usage:" in r.stdout
+    assert min(seconds) < 1.0, (module, seconds)

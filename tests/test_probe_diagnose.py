@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from embed.store import open_embeddings
-from probe.diagnose import (
+from probe.diagnose import main
+from probe.metrics import (
     alignment,
     covariance_spectrum,
     effective_rank,
     instance_discrimination,
     knn_sweep,
     linear_cka,
-    main,
     uniformity,
 )
 from tests.conftest import make_store, random_store
