@@ -80,8 +80,10 @@ def identity(a: argparse.Namespace, train, test, proto: Protocol) -> dict:
 def run(a: argparse.Namespace) -> int:
     """The curve (or the multi-label evaluation) for parsed arguments."""
     writable_dir(a.out, "--out")
-    proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, resolve(a.backend), max(1, a.jobs),
-                     str(pick_device(a.device)), a.tol, a.solver_dtype)
+    backend = resolve(a.backend)
+    device = str(pick_device(a.device)) if backend == "torch" else "cpu"  # torch only for torch
+    proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, backend, max(1, a.jobs), device, a.tol,
+                     a.solver_dtype)
     train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
     if a.multilabel:
         run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out,

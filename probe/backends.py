@@ -42,6 +42,11 @@ def cuml_available() -> bool:
 
 
 def cuda_available() -> bool:
+    """Whether torch sees a GPU; without NVIDIA's driver files, answered without importing torch."""
+    import os
+
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")):
+        return False
     import torch
 
     return torch.cuda.is_available()

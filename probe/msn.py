@@ -110,7 +110,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(a: argparse.Namespace) -> list[dict]:
     """Fit every subset (those not in OUT/msn.csv yet) and record it."""
-    backend, device = resolve(a.backend), str(pick_device(a.device))
+    backend = resolve(a.backend)
+    device = str(pick_device(a.device)) if backend == "torch" else "cpu"
     train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
     train.require_finite()  # subsets read a few rows: check them all before anything is fit
     fit = lambda s: run_subset(train, test, s, lambd=a.lambd, max_iter=a.max_iter,  # noqa: E731

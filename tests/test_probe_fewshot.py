@@ -1,6 +1,7 @@
 """python -m probe: the reference's draws and accuracies, resume, seed layout, bad input."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,10 +108,26 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
         open_group(store, "toy", "val", mode="a").attrs.update({"complete": True})
 
 
-def test_parallel_fits_give_the_same_rows(store, tmp_path):
+def test_parallel_fits_give_the_same_rows(store, tmp_path, monkeypatch, caplog):
     args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend", "sklearn"]
     assert main([*args, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--jobs", "2", "--out", str(tmp_path / "small")]) == 0
+    assert "go to 2 processes" not in caplog.text  # small fits: no pool worth starting
+    monkeypatch.setattr("probe.fewshot.POOL_AFTER_S", 0.0)  # every fit "pays" for the pool
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
+    assert "the 5 left go to 2 processes" in caplog.text
     drop = lambda rows: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]  # noqa: E731
     one, two = (read_csv(tmp_path / d / "fewshot.csv") for d in ("one", "two"))
     assert drop(one) == drop(two)
+
+
+@pytest.mark.parametrize("backend, absent", [("sklearn", "torch"), ("torch", "sklearn")])
+def test_a_backend_imports_only_what_it_needs(store, tmp_path, backend, absent):
+    import subprocess
+    import sys
+    args = [str(store), "--encoder", "toy", "--per-class", "1-2", "--seeds", "0", "--backend", backend,
+            "--device", "cpu", "--out", str(tmp_path)]
+    code = f"import sys; from probe.__main__ import main; print(main({args!r}), {absent!r} in sys.modules)"
+    root = Path(__file__).parents[1]
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    assert r.stdout.split() == ["0", "False"], r.stderr[-2000:]

@@ -205,10 +205,10 @@ def test_fit_workers_exit_when_probe_is_killed(tmp_path):
            "--seeds", "0-50", "--backend", "sklearn", "--jobs", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path, deadline = tmp_path / "o" / "fewshot.csv", time.monotonic() + 120
-    while time.monotonic() < deadline and not (
-            csv_path.exists() and len(csv_path.read_text().splitlines()) > 3):
-        time.sleep(0.05)
-    workers = [w for c in _children(proc.pid) for w in [c, *_children(c)]]
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:  # the pool starts once fits have taken 3 s
+        time.sleep(0.2)
+        workers = [w for c in _children(proc.pid) for w in [c, *_children(c)]]
     assert workers, "no worker processes"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
