@@ -1,6 +1,8 @@
 """The reference path (msn-embeddings' compute_embeddings.py), written out independently of
 embed/: PIL + torchvision transforms, and a plain PyTorch ViT with MSN deit.py's structure
 and attention loaded straight from a checkpoint. bench/ times it; tests compare against it.
+Its probe, evaluate_embeddings.py, is bench/reference_probe.py (numpy and scikit-learn only,
+as the script imports).
 """
 
 from __future__ import annotations
@@ -85,37 +87,3 @@ def embed_folder(root, model: ReferenceViT, batch_size: int = 16, num_workers: i
         for x, _ in loader:
             rows.append(model.forward_blocks(x.to(device)).cpu())
     return torch.cat(rows).numpy(), np.array(data.targets), [p for p, _ in data.samples]
-
-
-# -- the reference probe: evaluate_embeddings.py, loop for loop ----------------------------
-
-
-def sample_n_per_class(labels: np.ndarray, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
-    """Class-balanced draw, exactly as the reference script makes it."""
-    sampled = []
-    for _class in np.unique(labels):
-        class_inds = np.flatnonzero(labels == _class)
-        sampled += [rng.choice(class_inds, size=n_per_class, replace=False)]
-    return rng.permutation(np.concatenate(sampled))
-
-
-def reference_curve(train_x, train_y, test_x, test_y, seed: int, n_labels_end: int,
-                    C: float = 1.0, max_iter: int = 1000) -> list[dict]:
-    """One seed of the reference few-shot curve: n per class = 1, 2, ... until n_labels_end."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-
-    rng = np.random.default_rng(seed)
-    mean, std = train_x.mean(0, keepdims=True), train_x.std(0, keepdims=True)
-    std[std < np.finfo(train_x.dtype).eps] = 1
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
-    rows, n = [], 1
-    while True:
-        inds = sample_n_per_class(train_y, n, rng)
-        model = LogisticRegression(C=C, max_iter=max_iter).fit(train_x[inds], train_y[inds])
-        probs = model.predict_proba(test_x)
-        rows.append({"n_labels": len(inds), "test_acc": model.score(test_x, test_y),
-                     "test_loglik": -log_loss(test_y, probs, labels=model.classes_), "inds": inds})
-        if len(inds) >= n_labels_end:
-            return rows
-        n += 1

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from bench.harness import Row, measure
@@ -34,66 +35,64 @@ class Sizes:
     encoders: tuple[str, ...]
     seeds: int
     label_counts: int  # n per class = 1 .. label_counts
-    probe_shape: tuple[int, int, int, int] = (100, 64, 12, 5)  # classes, D, train/class, test/class
+    quick: bool = False  # the probe bench's cases: small and 100 classes (else small and 1000)
 
     @staticmethod
     def pick(quick: bool, device: torch.device) -> Sizes:
         if quick:
-            return Sizes(10, 12, 60, 3, ("vits16_800ep",), 3, 3, (100, 64, 12, 5))
+            return Sizes(10, 12, 100, 3, ("vits16_800ep",), 3, 3, quick=True)  # shard: 1,000 images
         encoders = ("vits16_800ep", "vitb16_600ep", "vitb4_300ep", "vitl16_600ep", "vitl7_200ep")
         if device.type == "cuda":
-            return Sizes(100, 50, 50, 5, encoders, 20, 10, (1000, 1024, 12, 5))
-        return Sizes(20, 16, 100, 3, encoders[:2], 2, 10, (1000, 64, 12, 5))
+            return Sizes(100, 50, 200, 5, encoders, 20, 10)
+        return Sizes(20, 16, 1000, 3, encoders[:2], 2, 10)  # shard: 20,000 images
 
 
 @dataclass
 class Workspace:
-    """Generated inputs shared by the benchmarks of one run."""
+    """Generated inputs shared by the benchmarks of one run; each `prepare_*` makes its input
+    once (outside any timed region) and returns where it is."""
 
     root: Path
     sizes: Sizes
     device: torch.device
+    last_probe_out: Path | None = None
 
     def _folder(self, name: str, per_class: int) -> Path:
         path = self.root / name
         if not (path / "val").exists():
-            make_image_folder(path, self.sizes.classes, train=0, val=per_class, broken=0)
-            shutil.rmtree(path / "train", ignore_errors=True)
+            make_image_folder(path, self.sizes.classes, train=0, val=per_class, broken=0, workers=CORES)
         return path
 
-    @property
-    def images(self) -> Path:
-        """ImageFolder with split `val`, the decode and embed benchmarks' input, made once."""
+    def prepare_images(self) -> Path:
+        """ImageFolder with split `val`, the decode and embed benchmarks' input."""
         return self._folder("images", self.sizes.per_class)
 
-    @property
-    def shard_images(self) -> Path:
-        """A larger ImageFolder (split `val`) for the shard benchmark, made once."""
+    def prepare_shard_images(self) -> Path:
+        """A larger ImageFolder (split `val`) for the shard benchmark."""
         return self._folder("shard_images", self.sizes.shard_per_class)
 
-    @property
-    def e2e_images(self) -> Path:
-        """train/ (label_counts + 2 per class) and val/ (4 per class), made once. No broken
-        files: the reference path stops at the first one (PIL raises), so it could not run."""
+    def prepare_e2e_images(self) -> Path:
+        """train/ (label_counts + 2 per class) and val/ (4 per class). No broken files: the
+        reference path stops at the first one (PIL raises), so it could not run."""
         path = self.root / "e2e_images"
         if not (path / "val").exists():
-            make_image_folder(path, self.sizes.classes, self.sizes.label_counts + 2, 4, broken=0)
+            make_image_folder(path, self.sizes.classes, self.sizes.label_counts + 2, 4, broken=0,
+                              workers=CORES)
         return path
 
     @property
     def num_images(self) -> int:
         return self.sizes.classes * self.sizes.per_class
 
-    @property
-    def shards(self) -> Path:
-        """The images as shards, made once."""
+    def prepare_shards(self) -> Path:
+        """The images as shards."""
         path = self.root / "shards"
         if not (path / "val" / "manifest.json").exists():
-            _run_shard(self.images, path, "val")
+            _run_shard(self.prepare_images(), path, "val")
         return path
 
-    def checkpoint(self, encoder: str) -> Path:
-        """A random checkpoint of `encoder` in the official layout, made once."""
+    def prepare_checkpoint(self, encoder: str) -> Path:
+        """A random checkpoint of `encoder` in the official layout."""
         from embed.checkpoint import save_random_checkpoint
         from embed.encoders import get_spec
 
@@ -110,7 +109,7 @@ def _run_shard(src: Path, out: Path, split: str) -> None:
 def bench_shard(ws: Workspace) -> list[Row]:
     """python -m shard (decode-validate every image, write tars + indexes) vs plain tar."""
     counter = itertools.count()
-    src, n = ws.shard_images, ws.sizes.classes * ws.sizes.shard_per_class
+    src, n = ws.prepare_shard_images(), ws.sizes.classes * ws.sizes.shard_per_class
 
     def ours() -> int:
         out = ws.root / f"shard_out_{next(counter)}"
@@ -139,35 +138,40 @@ def _torchvision_decode(images: Path, workers: int) -> int:
     return sum(len(x) for x, _ in DataLoader(data, batch_size=16, num_workers=workers))
 
 
-def _dali_decode(ws: Workspace, device: torch.device) -> int:
+def _pipeline_decode(shards: Path, decoder: str, device: torch.device, batch: int = 64) -> int:
+    """Every sample of the shards through embed.pipeline's `decoder`; the images decoded."""
     import numpy as np
 
     from embed.encoders import Preprocess
     from embed.pipeline import batches
     from shard.reader import open_split
 
-    split = open_split(ws.shards, "val")
-    stream = batches("dali", split.tar_paths(), split.idx_paths(), np.arange(split.num_samples), Preprocess(),
-                     64, device, threads=CORES)
+    split = open_split(shards, "val")
+    stream = batches(decoder, split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
+                     Preprocess(), batch, device, threads=CORES)
     return sum(int((b.indices >= 0).sum()) for b in stream)
 
 
 def bench_decode(ws: Workspace) -> list[Row]:
-    """decode + resize 256 + crop 224 + normalize: PIL/torchvision against DALI."""
-    assert (ws.shards / "val" / "manifest.json").exists()  # set-up outside the timed region
-    n = ws.sizes.repeats
-    reference = measure(lambda: _torchvision_decode(ws.images, 0), n)
-    tuned = measure(lambda: _torchvision_decode(ws.images, CORES), n)
-    dali_cpu = measure(lambda: _dali_decode(ws, torch.device("cpu")), n)
-    settings = {"images": ws.num_images}
+    """decode + resize 256 + crop 224 + normalize: PIL/torchvision against DALI and torchvision's
+    decode_jpeg."""
+    images, shards, n = ws.prepare_images(), ws.prepare_shards(), ws.sizes.repeats
+    reference = measure(lambda: _torchvision_decode(images, 0), n)
+    tuned = measure(lambda: _torchvision_decode(images, CORES), n)
+    settings, ref_label = {"images": ws.num_images}, "PIL + DataLoader(batch 16, 0 workers)"
     rows = [Row("decode", f"torchvision, {CORES} workers", "cpu", tuned.summary(), reference.summary(),
-                f"PIL + DataLoader({CORES} workers)", "PIL + DataLoader(batch 16, 0 workers)", settings),
-            Row("decode", "DALI cpu", "cpu", dali_cpu.summary(), reference.summary(),
-                f"DALI cpu, {CORES} threads, batch 64", "PIL + DataLoader(batch 16, 0 workers)", settings)]
+                f"PIL + DataLoader({CORES} workers)", ref_label, settings)]
+    for decoder in ("dali", "torchvision"):
+        cpu = measure(lambda d=decoder: _pipeline_decode(shards, d, torch.device("cpu")), n)
+        label = f"embed.pipeline {decoder} on the CPU, {CORES} threads, batch 64"
+        rows.append(Row("decode", f"--decoder {decoder}, cpu", "cpu", cpu.summary(), reference.summary(),
+                        label, ref_label, settings))
     if ws.device.type == "cuda":
-        mixed = measure(lambda: _dali_decode(ws, ws.device), n, sync=True)
-        rows.append(Row("decode", "DALI mixed", "cuda", mixed.summary(), reference.summary(),
-                        "DALI mixed (nvJPEG), batch 64", "PIL + DataLoader(batch 16, 0 workers)", settings))
+        for decoder in ("dali", "torchvision"):
+            gpu = measure(lambda d=decoder: _pipeline_decode(shards, d, ws.device), n, sync=True)
+            rows.append(Row("decode", f"--decoder {decoder}, cuda", "cuda", gpu.summary(),
+                            reference.summary(), f"embed.pipeline {decoder} (nvJPEG), batch 64", ref_label,
+                            settings))
     else:
         rows.append(Row("decode", "DALI mixed", "cuda", skipped="no CUDA device on this machine"))
     return rows
@@ -188,21 +192,12 @@ def flops_per_image(encoder: str) -> float:
     return float(counter.get_total_flops())
 
 
-# Dense bf16 tensor-core peaks (FLOP/s), from the vendors' data sheets.
-BF16_PEAK = {"H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "RTX 4090": 165e12, "RTX 3090": 71e12}
-
-
-def _peak(name: str) -> float | None:
-    return next((v for k, v in BF16_PEAK.items() if k in name), None)
-
-
-def _embed_ours(ws: Workspace, encoder: str, counter) -> int:
+def _embed_ours(ws: Workspace, encoder: str, decoder: str, counter) -> int:
     from embed.run import Config, run
 
     out = ws.root / f"store_{next(counter)}.zarr"
-    stats = run(Config(shards=ws.shards, split="val", encoders=(encoder,),
-                       weights=str(ws.checkpoint(encoder)), out=out, device=str(ws.device)))
+    stats = run(Config(shards=ws.prepare_shards(), split="val", encoders=(encoder,), decoder=decoder,
+                       weights=str(ws.prepare_checkpoint(encoder)), out=out, device=str(ws.device)))
     shutil.rmtree(out)
     return stats["images"]
 
@@ -212,93 +207,110 @@ def _embed_reference(ws: Workspace, encoder: str) -> int:
     from embed.encoders import get_spec
 
     s = get_spec(encoder)
-    model = reference_vit(ws.checkpoint(encoder), s.patch, s.dim, s.depth, s.heads).to(ws.device)
-    return len(embed_folder(ws.images / "val", model, device=ws.device)[0])
+    model = reference_vit(ws.prepare_checkpoint(encoder), s.patch, s.dim, s.depth, s.heads).to(ws.device)
+    return len(embed_folder(ws.prepare_images() / "val", model, device=ws.device)[0])
 
 
-def _bench_encoder(ws: Workspace, encoder: str) -> Row:
-    assert ws.shards.exists() and ws.checkpoint(encoder).exists()  # set-up outside the timed region
-    counter = itertools.count()
-    sync = ws.device.type == "cuda"
+def _bench_encoder(ws: Workspace, encoder: str) -> list[Row]:
+    from bench.gpu import bf16_peak
+
+    ws.prepare_shards(), ws.prepare_checkpoint(encoder)  # set-up outside the timed region
+    counter, sync = itertools.count(), ws.device.type == "cuda"
     reference = measure(lambda: _embed_reference(ws, encoder), ws.sizes.repeats, sync=sync)
-    if sync:
-        torch.cuda.reset_peak_memory_stats()
-    mine = measure(lambda: _embed_ours(ws, encoder, counter), ws.sizes.repeats, sync=sync)
     flops = flops_per_image(encoder)
-    settings = {"images": ws.num_images, "gflops_per_image": flops / 1e9}
-    if sync:
-        peak = _peak(torch.cuda.get_device_name(ws.device))
-        settings |= {"fraction_of_bf16_peak": flops * mine.rate / peak if peak else None,
-                     "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
-    ours_label = ("bf16 + torch.compile + auto batch, DALI mixed" if sync
-                  else "fp32 eager, timm fused attention, batch 16, DALI cpu")
-    return Row("embed", encoder, ws.device.type, mine.summary(), reference.summary(), ours_label,
-               "ImageFolder + PIL, batch 16, 0 workers, fp32 eager", settings)
+    rows = []
+    for decoder in ("dali", "torchvision"):
+        if sync:
+            torch.cuda.reset_peak_memory_stats()
+        mine = measure(lambda d=decoder: _embed_ours(ws, encoder, d, counter), ws.sizes.repeats, sync=sync)
+        settings = {"images": ws.num_images, "gflops_per_image": flops / 1e9}
+        if sync:
+            peak = bf16_peak(torch.cuda.get_device_name(ws.device))
+            settings |= {"fraction_of_bf16_peak": flops * mine.rate / peak if peak else None,
+                         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+        ours_label = (f"bf16 + torch.compile + auto batch, --decoder {decoder}" if sync
+                      else f"fp32 eager, timm fused attention, batch 16, --decoder {decoder}")
+        case = encoder if decoder == "dali" else f"{encoder}, torchvision"
+        rows.append(Row("embed", case, ws.device.type, mine.summary(), reference.summary(), ours_label,
+                        "ImageFolder + PIL, batch 16, 0 workers, fp32 eager", settings))
+    return rows
 
 
 def bench_embed(ws: Workspace) -> list[Row]:
     """Images/s per encoder: the reference loop (fp32 eager, batch 16) against python -m embed."""
-    return [_bench_encoder(ws, encoder) for encoder in ws.sizes.encoders]
+    return [row for encoder in ws.sizes.encoders for row in _bench_encoder(ws, encoder)]
 
 
-def _probe_inputs(ws: Workspace) -> Path:
-    """A Gaussian-mixture embedding set of the configured shape, as the reference's .npy files."""
-    import numpy as np
-
-    folder = ws.root / "probe_npy"
-    if folder.exists():
-        return folder
-    folder.mkdir()
-    classes, dim, n_train, n_test = ws.sizes.probe_shape
-    rng = np.random.default_rng(0)
-    means = rng.normal(0, 1, (classes, dim)).astype(np.float32)
-    for split, n in (("train", n_train), ("val", n_test)):
-        y = rng.permutation(np.repeat(np.arange(classes), n))
-        x = means[y] + rng.normal(0, 2.0, (len(y), dim)).astype(np.float32)
-        np.save(folder / f"embeddings_toy_{split}.npy", x.astype(np.float32))
-        np.save(folder / f"labels_{split}.npy", y)
-    return folder
+PROBE_CASES = {  # name: (classes, D, train and test rows per class, seeds, labels per class 1..n)
+    "small": (25, 64, 10, 20, 3, 5),
+    "100 classes": (100, 64, 12, 5, 3, 3),
+    "1000 classes": (1000, 64, 12, 5, 2, 10),
+}
 
 
-def _probe_reference(folder: Path, seeds: int, label_counts: int, classes: int) -> int:
-    """evaluate_embeddings.py once per seed, as its README loops it: load, standardize, fit."""
-    import numpy as np
+def _probe_case(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """(the reference's .npy folder, our store) of realistic embeddings for one case, made once."""
+    from bench.gpu import Budget, Context, npy_store
+    from bench.synthetic import realistic_embeddings
 
-    from bench.reference import reference_curve
+    classes, dim, tr, te, _, _ = PROBE_CASES[name]
+    ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
+    tag = name.replace(" ", "")
+    store = npy_store(ctx, f"real{tag}", realistic_embeddings(classes, dim, {"train": tr, "val": te}, seed=0))
+    return ws.root / f"real{tag}_npy", store
 
-    fits = 0
+
+def _probe_processes(ws: Workspace, name: str, backend: str, counter) -> int:
+    """python -m probe over the case's store, as a user runs it (start-up included)."""
+    folder, store = _probe_case(ws, name)
+    _, _, _, _, seeds, n = PROBE_CASES[name]
+    out = ws.root / f"probe_{next(counter)}"
+    subprocess.run([sys.executable, "-m", "probe", str(store), "--encoder", f"real{name.replace(' ', '')}",
+                    "--seeds", f"0-{seeds - 1}", "--per-class", f"1-{n}", "--backend", backend,
+                    "--device", "cpu", "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    ws.last_probe_out = out
+    return seeds * n
+
+
+def _reference_processes(ws: Workspace, name: str) -> int:
+    """evaluate_embeddings.py once per seed, each its own process, as the reference's README loops."""
+    folder, _ = _probe_case(ws, name)
+    _, _, _, _, seeds, n = PROBE_CASES[name]
     for seed in range(seeds):
-        data = [np.load(folder / f) for f in ("embeddings_toy_train.npy", "labels_train.npy",
-                                             "embeddings_toy_val.npy", "labels_val.npy")]
-        fits += len(reference_curve(*data, seed=seed, n_labels_end=label_counts * classes))
-    return fits
+        subprocess.run([sys.executable, "-m", "bench.reference_probe", str(folder), "--encoder",
+                        f"real{name.replace(' ', '')}", "--seed", str(seed), "--n-per-class", str(n)],
+                       cwd=ROOT, check=True, capture_output=True)
+    return seeds * n
 
 
-def _probe_ours(ws: Workspace, folder: Path, counter) -> int:
-    from embed.from_npy import main as from_npy_main
-    from probe.__main__ import main as probe_main
+def _iterations(out: Path) -> int:
+    from probe.results import read_results
 
-    store, out = ws.root / f"probe_{next(counter)}.zarr", ws.root / f"probe_out_{next(counter)}"
-    assert from_npy_main([str(folder), "--encoder", "toy", "--out", str(store)]) == 0
-    assert probe_main([str(store), "--encoder", "toy", "--per-class", f"1-{ws.sizes.label_counts}",
-                       "--seeds", f"0-{ws.sizes.seeds - 1}", "--backend", "sklearn", "--out", str(out)]) == 0
-    return ws.sizes.seeds * ws.sizes.label_counts
+    return int(np.median([int(r["n_iter"]) for r in read_results(out / "fewshot.csv")]))
 
 
 def bench_probe(ws: Workspace) -> list[Row]:
-    """Fits/s for a whole few-shot curve: the reference script's loop against python -m probe."""
-    folder = _probe_inputs(ws)
-    classes, dim, n_train, n_test = ws.sizes.probe_shape
-    counter = itertools.count()
-    reps = max(1, ws.sizes.repeats - 1)
-    reference = measure(lambda: _probe_reference(folder, ws.sizes.seeds, ws.sizes.label_counts, classes),
-                        reps, warmup=0, unit="fits/s")
-    mine = measure(lambda: _probe_ours(ws, folder, counter), reps, warmup=0, unit="fits/s")
-    settings = {"classes": classes, "dim": dim, "train": classes * n_train, "test": classes * n_test,
-                "seeds": ws.sizes.seeds, "n_per_class": f"1-{ws.sizes.label_counts}"}
-    rows = [Row("probe", f"{classes} classes, D={dim}", "cpu", mine.summary(), reference.summary(),
-                "python -m probe, sklearn (store import included)",
-                "evaluate_embeddings.py per seed, sklearn", settings)]
+    """A whole few-shot curve, start-up included: `python -m probe` against the reference's
+    evaluate_embeddings.py run once per seed, on realistic embeddings (power-law spectrum,
+    overlapping classes: 50-110 L-BFGS iterations a fit, as on real ones)."""
+    counter, rows = itertools.count(), []
+    cases = ("small", "100 classes") if ws.sizes.quick else ("small", "1000 classes")
+    for name in cases:
+        classes, dim, tr, te, seeds, n = PROBE_CASES[name]
+        _probe_case(ws, name)  # set-up outside the timed region
+        reps = 1 if name == "1000 classes" else ws.sizes.repeats
+        reference = measure(lambda name=name: _reference_processes(ws, name), reps, warmup=0,
+                            unit="fits/s")
+        settings = {"classes": classes, "dim": dim, "train": classes * tr, "test": classes * te,
+                    "seeds": seeds, "n_per_class": f"1-{n}", "data": "realistic_embeddings"}
+        for backend in ("sklearn", "torch") if name != "small" else ("sklearn",):
+            mine = measure(lambda name=name, b=backend: _probe_processes(ws, name, b, counter), reps,
+                           warmup=0, unit="fits/s")
+            label = f"python -m probe --backend {backend} (a process, start-up included)"
+            case = f"{name}, D={dim}, {backend}"
+            rows.append(Row("probe", case, "cpu", mine.summary(), reference.summary(), label,
+                            "evaluate_embeddings.py, a process per seed",
+                            settings | {"median_iterations": _iterations(ws.last_probe_out)}))
     from probe.backends import cuml_available
     if not cuml_available():
         rows.append(Row("probe", "cuML backend", "cuda", skipped="cuML cannot run here (no GPU)"))
@@ -329,10 +341,10 @@ def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
     i, s = next(counter), ws.sizes
     out, times = ws.root / f"e2e_{i}", {}
     t = time.perf_counter()
-    assert shard_main([str(ws.e2e_images), str(out / "shards"), "--workers", str(CORES)]) == 0
+    assert shard_main([str(ws.prepare_e2e_images()), str(out / "shards"), "--workers", str(CORES)]) == 0
     times["shard"], t = time.perf_counter() - t, time.perf_counter()
     for split in ("train", "val"):
-        weights = str(ws.checkpoint("vits16_800ep"))
+        weights = str(ws.prepare_checkpoint("vits16_800ep"))
         assert embed_main([str(out / "shards"), "--split", split, "--encoder", "vits16_800ep",
                            "--weights", weights, "--out", str(out / "s.zarr")]) == 0
     times["embed"], t = time.perf_counter() - t, time.perf_counter()
@@ -347,12 +359,13 @@ def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
 def _e2e_reference(ws: Workspace) -> dict[str, float]:
     import time
 
-    from bench.reference import embed_folder, reference_curve, reference_vit
+    from bench.reference import embed_folder, reference_vit
+    from bench.reference_probe import reference_curve
 
     t = time.perf_counter()
-    model = reference_vit(ws.checkpoint("vits16_800ep"))
-    tx, ty, _ = embed_folder(ws.e2e_images / "train", model)
-    vx, vy, _ = embed_folder(ws.e2e_images / "val", model)
+    model = reference_vit(ws.prepare_checkpoint("vits16_800ep"))
+    tx, ty, _ = embed_folder(ws.prepare_e2e_images() / "train", model)
+    vx, vy, _ = embed_folder(ws.prepare_e2e_images() / "val", model)
     embed_s, t = time.perf_counter() - t, time.perf_counter()
     for seed in range(ws.sizes.seeds):
         reference_curve(tx, ty, vx, vy, seed=seed, n_labels_end=ws.sizes.label_counts * ws.sizes.classes)
@@ -363,7 +376,7 @@ def bench_e2e(ws: Workspace) -> list[Row]:
     """Wall time of the whole pipeline, each stage, against the reference scripts in a row."""
     from bench.harness import Timing
 
-    ws.checkpoint("vits16_800ep")
+    ws.prepare_checkpoint("vits16_800ep"), ws.prepare_e2e_images()  # set-up outside the timed region
     counter = itertools.count()
     _e2e_ours(ws, counter)  # warm-up: imports, page cache
     ours = [_e2e_ours(ws, counter) for _ in range(ws.sizes.repeats)]

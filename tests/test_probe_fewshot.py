@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.reference import reference_curve, sample_n_per_class
+from bench.reference_probe import reference_curve, sample_n_per_class
 from embed.store import open_embeddings
 from probe.__main__ import main
 from probe.data import ClassSampler, mean_std, read_rows
