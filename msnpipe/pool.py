@@ -42,11 +42,13 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def worker_pool(workers: int, initializer: Callable | None = None,
-                initargs: tuple = ()) -> ProcessPoolExecutor:
-    """`workers` spawned processes that die with this one; `initializer(*initargs)` runs in each."""
+def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = (),
+                method: str = "spawn") -> ProcessPoolExecutor:
+    """`workers` processes that die with this one; `initializer(*initargs)` runs in each. They
+    are spawned (fresh interpreters; safe after CUDA or threads started), or forked when the
+    caller knows neither has (`method="fork"`: no imports to repeat)."""
     parent = os.getpid()
-    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init,
+    return ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_init,
                                initargs=(parent, initializer, initargs))
 
 

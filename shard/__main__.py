@@ -24,6 +24,7 @@ from msnpipe.files import writable_dir
 from msnpipe.pool import worker_pool
 from msnpipe.runtime import UserError, difference, setup_logging
 from shard.build import Settings, report, shard_split
+from shard.images import VALIDATE
 from shard.reader import MANIFEST, list_splits, read_manifest
 from shard.scan import (
     Candidate,
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-side", type=_positive, default=None,
                    help="shrink images whose longer side exceeds PX (off: it changes embeddings)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG quality of re-encoded images")
+    p.add_argument("--validate", choices=VALIDATE, default="fast",
+                   help="fast (default): a usual, whole JPEG is kept on its structure alone, anything "
+                        "else is decoded; full: decode every file with PIL")
     p.add_argument("--strict", action="store_true",
                    help="fail before writing any shard if a file would be skipped")
     args = p.parse_args(argv)
@@ -133,7 +137,7 @@ def class_lists(args: argparse.Namespace, splits: dict[str, Path]
 
 def run(args: argparse.Namespace) -> list:
     """Shard every requested split; return their summaries."""
-    settings = Settings(args.samples_per_shard, args.quality, args.max_side)
+    settings = Settings(args.samples_per_shard, args.quality, args.max_side, args.validate)
     splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
     check_nesting(args.src, args.out)
     writable_dir(args.out, "OUT")
@@ -141,7 +145,8 @@ def run(args: argparse.Namespace) -> list:
     log.info("splits %s, %d classes%s, settings %s, %d workers", ", ".join(splits),
              len(next(iter(classes.values()))), " (multi-label)" if listed else "", settings,
              args.workers)
-    with worker_pool(args.workers) if args.workers > 1 else nullcontext() as pool:
+    # fork: workers start with this process's imports (no CUDA here, no threads yet)
+    with worker_pool(args.workers, method="fork") if args.workers > 1 else nullcontext() as pool:
         return [shard_split(name, d, args.out, classes[name], settings, pool, args.strict, listed)
                 for name, d in splits.items()]
 

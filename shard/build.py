@@ -54,6 +54,7 @@ class Settings:
     samples_per_shard: int = 1000
     quality: int = 95
     max_side: int | None = None
+    validate: str = "fast"  # fast: usual JPEGs kept on their structure; full: every file decoded
 
 
 @dataclass(frozen=True)
@@ -235,7 +236,7 @@ def shard_split(
         _check_settings(old, settings, dest, "an unfinished run")
         write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
         cands = listed if listed is not None else list_candidates(split_dir, classes)
-        verdicts = validate(split_dir, cands, work, settings.max_side, pool)
+        verdicts = validate(split_dir, cands, work, settings.max_side, pool, settings.validate)
         if strict:
             _strict_check(name, cands, verdicts)
         kept = [(c, v) for c, v in zip(cands, verdicts) if v.status != SKIP]

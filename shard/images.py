@@ -1,9 +1,11 @@
 """Decide what each image becomes in a shard, and produce the JPEG bytes that go in.
 
-`check_image` opens and fully decodes a file once (in a worker process) and returns a
-`Verdict`: keep the bytes as they are (RGB or grayscale JPEG), repair (decode by content,
-convert to RGB as PIL's `convert('RGB')` does, re-encode as JPEG), or skip with a reason.
-`jpeg_payload` then turns a verdict into the bytes written to the tar.
+`check_image` reads a file once (in a worker process) and returns a `Verdict`: keep the
+bytes as they are (RGB or grayscale JPEG), repair (decode by content, convert to RGB as PIL's
+`convert('RGB')` does, re-encode as JPEG), or skip with a reason. A usual, whole JPEG is kept
+on the structural check of `shard.jpeg` alone (`validate="fast"`, the default); every other
+file, and every file with `validate="full"`, is fully decoded by PIL. `jpeg_payload` then
+turns a verdict into the bytes written to the tar.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from shard.jpeg import sound_jpeg
+
 KEEP, REPAIR, SKIP = "keep", "repair", "skip"
+VALIDATE = ("fast", "full")
 # Formats whose bytes DALI and nvJPEG decode as they are; MPO is a JPEG with extra frames after it.
 JPEG_FORMATS = ("JPEG", "MPO")
 JPEG_MODES = ("RGB", "L")
@@ -58,8 +63,9 @@ def not_regular(mode: int) -> str | None:
     return f"not a regular file: {kind}"
 
 
-def check_image(path: str, max_side: int | None = None) -> Verdict:
-    """Open and fully decode `path`; say whether to keep, repair or skip it, and why."""
+def check_image(path: str, max_side: int | None = None, validate: str = "fast") -> Verdict:
+    """Say whether to keep, repair or skip `path`, and why: a usual, whole JPEG on its structure
+    (with validate "fast"), anything else by decoding it fully."""
     try:
         if (why := not_regular(os.stat(path).st_mode)) is not None:
             return Verdict(SKIP, why)
@@ -68,6 +74,8 @@ def check_image(path: str, max_side: int | None = None) -> Verdict:
         return Verdict(SKIP, f"unreadable: {e.strerror or e}")
     if not data:
         return Verdict(SKIP, "empty file: 0 bytes")
+    if validate == "fast" and sound_jpeg(data, max_pixels=Image.MAX_IMAGE_PIXELS, max_side=max_side):
+        return Verdict(KEEP)
     try:
         fmt, mode, size = _decode(data)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:

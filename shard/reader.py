@@ -17,11 +17,13 @@ import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from msnpipe.runtime import UserError
 from shard import FORMAT
+
+if TYPE_CHECKING:  # numpy is imported where labels are read, not by every worker
+    import numpy as np
 
 MANIFEST = "manifest.json"
 SAMPLES = "samples.tsv"
@@ -79,6 +81,8 @@ class Split:
     def labels(self) -> np.ndarray:
         """Class index of every sample, `[N]` int32; for a multi-label split, multi-hot `[N, C]`
         int8. From samples.tsv."""
+        import numpy as np
+
         texts = self.label_texts()
         if not self.multilabel:
             return np.array([int(t) for t in texts], dtype=np.int32)

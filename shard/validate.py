@@ -1,7 +1,8 @@
 """Phase 1 of sharding a split: a verdict (keep, repair, skip) for every candidate file.
 
-Each file is checked once, in worker processes (`shard.images.check_image`); each verdict
-is appended to the journal `OUT/S/.work/validated.tsv`, keyed by path, size and mtime, so a
+Each file is checked once, in worker processes (`shard.images.check_image`, CHUNK files a
+task, so dispatching costs little next to a structural check); each verdict is appended to
+the journal `OUT/S/.work/validated.tsv`, keyed by path, size and mtime, so a
 rerun checks only files it has not seen unchanged. A journal line cut short by a kill is
 cut off on the next run.
 """
@@ -22,6 +23,7 @@ from shard.scan import Candidate
 
 log = logging.getLogger("shard")
 JOURNAL = "validated.tsv"
+CHUNK = 64  # files a worker checks per task
 
 
 def read_journal(path: Path) -> dict[tuple[str, str], Verdict]:
@@ -62,12 +64,20 @@ def _known(split_dir: Path, c: Candidate) -> tuple[Verdict | None, str | None]:
     return None, f"{st.st_size}\t{st.st_mtime_ns}"
 
 
-def _check(args: tuple[str, int | None]) -> Verdict:
-    return check_image(*args)
+def _check(args: tuple[list[str], int | None, str]) -> list[Verdict]:
+    paths, max_side, how = args
+    return [check_image(p, max_side, how) for p in paths]
+
+
+def _checked(jobs: list[str], max_side: int | None, how: str, pool: ProcessPoolExecutor | None):
+    """check_image of every path, in order, CHUNK paths a task."""
+    chunks = [(jobs[i : i + CHUNK], max_side, how) for i in range(0, len(jobs), CHUNK)]
+    for verdicts in ordered_map(pool, _check, chunks):
+        yield from verdicts
 
 
 def validate(split_dir: Path, cands: list[Candidate], work: Path, max_side: int | None,
-             pool: ProcessPoolExecutor | None) -> list[Verdict]:
+             pool: ProcessPoolExecutor | None, how: str = "fast") -> list[Verdict]:
     """A verdict per candidate, checking only files the journal has not seen unchanged."""
     journal_path = work / JOURNAL
     seen = read_journal(journal_path)
@@ -83,10 +93,10 @@ def validate(split_dir: Path, cands: list[Candidate], work: Path, max_side: int 
             todo.append((i, ident))
     if verdicts:
         log.info("%s: %d of %d files already validated", split_dir.name, len(verdicts), len(cands))
-    jobs = [(str(split_dir / cands[i].path), max_side) for i, _ in todo]
+    jobs = [str(split_dir / cands[i].path) for i, _ in todo]
     bar = tqdm(total=len(jobs), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
     with open(journal_path, "a", encoding="utf-8") as journal, bar:
-        for (i, ident), v in zip(todo, ordered_map(pool, _check, jobs, window=256)):
+        for (i, ident), v in zip(todo, _checked(jobs, max_side, how, pool)):
             verdicts[i] = v
             if ident is not None:
                 journal.write(f"{cands[i].path}\t{ident}\t{v.status}\t{_clean(v.detail)}\n")

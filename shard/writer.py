@@ -2,14 +2,15 @@
 
 Members are `<key>.jpg` then `<key>.cls` for each sample, in index order, with fixed
 headers (mtime 0, uid/gid 0, no user names, mode 0444, ustar format), so the same
-samples always give the same bytes. The tar and index are written under `.tmp`
-names, fsynced, and renamed into place: a file under its final name is always whole.
+samples always give the same bytes. A shard is assembled in memory from `tarfile`'s own
+headers (the bytes `tarfile` would write, which a test checks), hashed as it is assembled,
+written once under a `.tmp` name, fsynced and renamed into place, as is its index: a file
+under its final name is always whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -83,21 +84,38 @@ class ShardFile:
     sha256: str
 
 
+def tar_bytes(files: Iterable[tuple[str, bytes]]) -> tuple[list[bytes], list[Member]]:
+    """The pieces of a ustar archive of (name, data) files, as `tarfile` writes it (each header,
+    the data padded to 512 bytes, two zero blocks, padding to a 10240-byte record), and where
+    each member's data starts."""
+    pieces, members, offset = [], [], 0
+    for name, data in files:
+        header = _tarinfo(name, len(data)).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        pad = -len(data) % tarfile.BLOCKSIZE
+        pieces += [header, data, b"\0" * pad]
+        members.append(Member(split_name(name)[1], offset + len(header), len(data), name))
+        offset += len(header) + len(data) + pad
+    end = 2 * tarfile.BLOCKSIZE
+    end += -(offset + end) % tarfile.RECORDSIZE
+    pieces.append(b"\0" * end)
+    return pieces, members
+
+
 def write_shard(tar_path: Path, samples: Iterable[tuple[str, bytes, int]]) -> ShardFile:
     """Write (key, jpeg bytes, label) samples to `tar_path` and its `.idx`; return the record."""
     idx_path = tar_path.with_suffix(".idx")
     tmp = tar_path.with_name(tar_path.name + ".tmp")
-    members, count = [], 0
-    with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, jpg, label in samples:
-            for ext, data in (("jpg", jpg), ("cls", str(label).encode("ascii"))):
-                info = _tarinfo(f"{key}.{ext}", len(data))
-                data_offset = tar.offset + len(info.tobuf(tar.format, tar.encoding, tar.errors))
-                tar.addfile(info, io.BytesIO(data))
-                members.append(Member(ext, data_offset, info.size, info.name))
-            count += 1
+    files, count = [], 0
+    for key, jpg, label in samples:
+        files += [(f"{key}.jpg", jpg), (f"{key}.cls", str(label).encode("ascii"))]
+        count += 1
+    pieces, members = tar_bytes(files)
+    digest, size = hashlib.sha256(), 0
+    with open(tmp, "wb") as f:
+        for piece in pieces:
+            digest.update(piece)
+            size += len(piece)
+        f.writelines(pieces)
     write_atomic(idx_path, dali_index(members).encode("ascii"))
-    with open(tmp, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
     fsync_rename(tmp, tar_path)
-    return ShardFile(tar_path.name, idx_path.name, count, tar_path.stat().st_size, digest)
+    return ShardFile(tar_path.name, idx_path.name, count, size, digest.hexdigest())

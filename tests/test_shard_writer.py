@@ -49,3 +49,20 @@ def test_index_equals_dalis_wds2idx(tmp_path):
                    check=True, capture_output=True)
     assert (tmp_path / "s.idx").read_text() == (tmp_path / "ref.idx").read_text()
     assert index_of_tar(tmp_path / "s.tar") == (tmp_path / "ref.idx").read_text()
+
+
+def test_the_tar_assembled_in_memory_is_the_one_tarfile_writes(tmp_path):
+    import io
+
+    from shard.writer import _tarinfo, tar_bytes
+    rng = __import__("numpy").random.default_rng(0)
+    files = [(f"{i:08d}.{ext}", rng.bytes(int(n))) for i, n in enumerate(rng.integers(0, 3000, 40))
+             for ext in ("jpg", "cls")]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in files:
+            tar.addfile(_tarinfo(name, len(data)), io.BytesIO(data))
+    pieces, members = tar_bytes(files)
+    assert b"".join(pieces) == buf.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        assert [(m.name, m.offset_data, m.size) for m in tar] == [(m.name, m.offset, m.size) for m in members]
