@@ -22,7 +22,7 @@ BENCHES = ("shard", "decode", "embed", "probe", "e2e", "tolerance")
 log = logging.getLogger("bench")
 
 
-def _record(rows, mach: dict, results: Path, keep: bool = True) -> None:
+def _record(rows, mach: dict, results: Path, *, keep: bool = True) -> None:
     from bench.harness import append
 
     for row in rows:
@@ -46,7 +46,7 @@ def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
         if a.encoders:
             sizes = dataclasses.replace(sizes, encoders=tuple(a.encoders.split(",")))
         only = tuple(s for s in a.sections.split(",") if s)
-        _record(gpu.rows(tmp, torch.device("cuda"), sizes, only), mach, a.results)
+        _record(gpu.rows(tmp, torch.device("cuda"), sizes, only=only), mach, a.results)
         return
     log.info("no CUDA device: every section once at toy sizes on the CPU (not recorded)")
     _record(gpu.rows(tmp, torch.device("cpu"), gpu.DRY), mach, a.results, keep=False)

@@ -36,13 +36,13 @@ def step(title: str, *args: str) -> None:
     print(f"({time.perf_counter() - t:.1f} s)", flush=True)
 
 
-def run_demo(out: Path, classes: int, train: int, val: int, seeds: int, per_class: int) -> dict[str, Path]:
+def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_class: int) -> dict[str, Path]:
     """Every stage in order; return where the results are."""
     images, shards, store, probe = out / "images", out / "shards", out / "embeddings.zarr", out / "probe"
     weights = out / "weights" / f"{ENCODER}.pth.tar"
     if not (images / "val").exists():
         print(f"== generating {classes} classes x ({train} train + {val} val) 500x375 JPEGs in {images}")
-        make_image_folder(images, classes, train, val, broken=2)
+        make_image_folder(images, classes, train, val=val, broken=2)
     if not weights.exists():
         from embed.checkpoint import save_random_checkpoint
         from embed.encoders import get_spec
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.per_class > a.train:
         p.error("--per-class cannot exceed --train")
     t = time.perf_counter()
-    where = run_demo(a.out, a.classes, a.train, a.val, a.seeds, a.per_class)
+    where = run_demo(a.out, a.classes, a.train, val=a.val, seeds=a.seeds, per_class=a.per_class)
     print(f"\n== demo finished in {time.perf_counter() - t:.0f} s (weights were RANDOM: "
           f"`make weights` fetches the real MSN checkpoints)")
     for name, path in where.items():

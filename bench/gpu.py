@@ -184,7 +184,7 @@ def _model_row(ctx: Context, name: str) -> Row:
 
 def model_rows(ctx: Context) -> Iterator[Row]:
     for name in ctx.sizes.encoders:
-        yield guarded(ctx, "gpu-model", name, 30, lambda name=name: [_model_row(ctx, name)])[0]
+        yield guarded(ctx, "gpu-model", name, needs_s=30, fn=lambda name=name: [_model_row(ctx, name)])[0]
         if not ctx.dry:
             torch.cuda.empty_cache()  # the last encoder's runners are gone with its frame
 
@@ -192,14 +192,14 @@ def model_rows(ctx: Context) -> Iterator[Row]:
 # -- gpu-decode -------------------------------------------------------------------------------
 
 
-def _decode(decoder: str, shards: Path, device: torch.device, batch: int) -> int:
+def _decode(decoder: str, shards: Path, device: torch.device, *, batch: int) -> int:
     from embed.encoders import Preprocess
     from embed.pipeline import batches
     from shard.reader import open_split
 
     split = open_split(shards, "val")
-    stream = batches(decoder, split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
-                     Preprocess(), batch, device, threads=min(8, CORES))
+    stream = batches(decoder, split.tar_paths(), split.idx_paths(), order=np.arange(split.num_samples),
+                     pre=Preprocess(), batch_size=batch, device=device, threads=min(8, CORES))
     return sum(int((b.indices >= 0).sum()) for b in stream)
 
 
@@ -210,14 +210,14 @@ def decode_rows(ctx: Context) -> list[Row]:
     n, batch, gpu = ctx.sizes.repeats, 256 if not ctx.dry else 8, not ctx.dry
     reference = measure(lambda: _torchvision_decode(images, 0), max(1, n - 1), warmup=0)
     settings = {"images": ctx.sizes.images, "size": "500x375", "batch": batch}
-    tv = measure(lambda: _decode("torchvision", shards, ctx.device, batch), n, sync=gpu)
+    tv = measure(lambda: _decode("torchvision", shards, ctx.device, batch=batch), n, sync=gpu)
     rows = [Row("gpu-decode", "torchvision nvJPEG" if gpu else "torchvision", ctx.device.type, tv.summary(),
                 reference.summary(), f"torchvision.io.decode_jpeg on {ctx.device.type}, batch {batch}",
                 REFERENCE_LOADER, settings)]
     if not installed("nvidia.dali"):
         rows.append(Row("gpu-decode", "DALI mixed", "cuda", skipped="not installed (nvidia-dali)"))
     else:
-        dali = measure(lambda: _decode("dali", shards, ctx.device, batch), n, sync=gpu)
+        dali = measure(lambda: _decode("dali", shards, ctx.device, batch=batch), n, sync=gpu)
         rows.append(Row("gpu-decode", "DALI mixed" if gpu else "DALI cpu", ctx.device.type, dali.summary(),
                         reference.summary(), f"DALI, batch {batch}", REFERENCE_LOADER, settings))
     return rows
@@ -226,7 +226,7 @@ def decode_rows(ctx: Context) -> list[Row]:
 # -- gpu-embed --------------------------------------------------------------------------------
 
 
-def _embed_ours(ctx: Context, shards: Path, encoder: str, decoder: str, runs: list) -> int:
+def _embed_ours(ctx: Context, shards: Path, encoder: str, *, decoder: str, runs: list) -> int:
     """One run of python -m embed into a fresh store; the steady rate (past the first batch,
     which compiles) is what `runs` collects."""
     from embed.run import Config, run
@@ -248,15 +248,16 @@ def _embed_reference(ctx: Context, images: Path, encoder: str) -> int:
     from embed.encoders import get_spec
 
     s = get_spec(encoder)
-    model = reference_vit(checkpoint(ctx, encoder), s.patch, s.dim, s.depth, s.heads).to(ctx.device)
+    model = reference_vit(checkpoint(ctx, encoder), s.patch, s.dim, depth=s.depth,
+                          heads=s.heads).to(ctx.device)
     rows = embed_folder(images / "val", model, device=ctx.device)[0]
     del model
     return len(rows)
 
 
-def _embed_row(ctx: Context, images: Path, shards: Path, encoder: str, decoder: str) -> Row:
+def _embed_row(ctx: Context, images: Path, shards: Path, *, encoder: str, decoder: str) -> Row:
     runs: list = []
-    _embed_ours(ctx, shards, encoder, decoder, runs)  # timed past its first batch (compile, warm-up)
+    _embed_ours(ctx, shards, encoder, decoder=decoder, runs=runs)  # timed past its first batch
     ours = Timing([s for s, _, _ in runs], runs[0][1])
     reference = measure(lambda: _embed_reference(ctx, images, encoder), 1, warmup=0, sync=not ctx.dry)
     gpu = not ctx.dry
@@ -274,20 +275,28 @@ def embed_rows(ctx: Context) -> Iterator[Row]:
             if decoder == "dali" and not installed("nvidia.dali"):
                 yield Row("gpu-embed", f"{encoder}, dali", "cuda", skipped="not installed (nvidia-dali)")
                 continue
-            yield guarded(ctx, "gpu-embed", f"{encoder}, {decoder}", 30,
-                          lambda e=encoder, d=decoder: [_embed_row(ctx, images, shards, e, d)])[0]
+            yield guarded(ctx, "gpu-embed", f"{encoder}, {decoder}", needs_s=30,
+                          fn=lambda e=encoder, d=decoder: [_embed_row(ctx, images, shards, encoder=e,
+                                                                      decoder=d)])[0]
 
 
 # -- gpu-probe --------------------------------------------------------------------------------
 
 
-def _probe(store: Path, out: Path, backend: str, seeds: int, per_class: int, *extra: str) -> int:
+def _probe(store: Path, out: Path, backend: str, *, seeds: int, per_class: int, extra: tuple = ()) -> int:
     from probe.__main__ import main as probe_main
 
     shutil.rmtree(out, ignore_errors=True)
     assert probe_main([str(store), "--encoder", "real", "--out", str(out), "--backend", backend, "--seeds",
                        f"0-{seeds - 1}", "--per-class", f"1-{per_class}", *extra]) == 0
     return seeds * per_class
+
+
+def _timed_probe(store: Path, out: Path, backend: str, *, seeds: int, per_class: int,
+                 extra: tuple = ()) -> Timing:
+    """One run of python -m probe, timed as a whole (fits/s)."""
+    run = lambda: _probe(store, out, backend, seeds=seeds, per_class=per_class, extra=extra)  # noqa: E731
+    return measure(run, 1, warmup=0, unit="fits/s")
 
 
 def _answers(out: Path) -> dict:
@@ -315,23 +324,23 @@ def probe_rows(ctx: Context) -> list[Row]:
     settings = {"classes": classes, "dim": dim, "train": classes * tr, "test": classes * te,
                 "data": "bench.synthetic.realistic_embeddings (power-law spectrum, overlapping classes)"}
     rows = []
-    curve = measure(lambda: _probe(store, ctx.root / "p_curve", "torch", s.seeds, s.per_class,
-                                   "--device", dev), 1, warmup=0, unit="fits/s")
+    curve = _timed_probe(store, ctx.root / "p_curve", "torch", seeds=s.seeds, per_class=s.per_class,
+                         extra=("--device", dev))
     rows.append(Row("gpu-probe", f"torch, {s.seeds} seeds x n=1..{s.per_class}", ctx.device.type,
                     curve.summary(), None, f"--backend torch on {dev}", "", settings))
-    torch_sub = measure(lambda: _probe(store, ctx.root / "p_torch", "torch", *sub, "--device", dev), 1,
-                        warmup=0, unit="fits/s")
+    torch_sub = _timed_probe(store, ctx.root / "p_torch", "torch", seeds=sub[0], per_class=sub[1],
+                             extra=("--device", dev))
     if not installed("sklearn"):
         return rows + [Row("gpu-probe", "scikit-learn", "cpu", skipped="not installed (scikit-learn)")]
-    sk = measure(lambda: _probe(store, ctx.root / "p_sk", "sklearn", *sub, "--jobs", str(CORES)), 1,
-                 warmup=0, unit="fits/s")
+    sk = _timed_probe(store, ctx.root / "p_sk", "sklearn", seeds=sub[0], per_class=sub[1],
+                      extra=("--jobs", str(CORES)))
     agree = _agreement(_answers(ctx.root / "p_sk"), _answers(ctx.root / "p_torch"))
     rows.append(Row("gpu-probe", f"torch vs scikit-learn, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                     torch_sub.summary(), sk.summary(), f"--backend torch on {dev}",
                     f"--backend sklearn, {CORES} processes x 1 BLAS thread", settings | agree))
-    rows += tolerance_rows(ctx, store, sub, settings)
+    rows += tolerance_rows(ctx, store, sub, settings=settings)
     if installed("cuml"):
-        cu = measure(lambda: _probe(store, ctx.root / "p_cuml", "cuml", *sub), 1, warmup=0, unit="fits/s")
+        cu = _timed_probe(store, ctx.root / "p_cuml", "cuml", seeds=sub[0], per_class=sub[1])
         rows.append(Row("gpu-probe", f"torch vs cuML, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                         torch_sub.summary(), cu.summary(), f"--backend torch on {dev}", "--backend cuml",
                         settings | _agreement(_answers(ctx.root / "p_cuml"), _answers(ctx.root / "p_torch"))))
@@ -347,7 +356,7 @@ def _distance(a: dict, ref: dict) -> dict:
             "median_iterations": int(np.median([a[k][2] for k in keys])), "fits": len(keys)}
 
 
-def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: dict,
+def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], *, settings: dict,
                    bench: str = "gpu-probe") -> list[Row]:
     """How far each backend's answers at a tolerance lie from a converged solve (torch,
     float64, tol 1e-8), on the subset: what the default tol costs, and what float32 reaches."""
@@ -369,8 +378,7 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], settings: di
         if (out / "fewshot.csv").exists():  # measured above: its answers, no second run
             timing = None
         else:
-            timing = measure(lambda out=out, b=backend, e=extra: _probe(store, out, b, *sub, *e), 1, warmup=0,
-                             unit="fits/s")
+            timing = _timed_probe(store, out, backend, seeds=sub[0], per_class=sub[1], extra=tuple(extra))
         answers = _answers(out)
         converged = converged or answers
         rows.append(Row(bench, f"{case}, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type if backend ==
@@ -395,7 +403,7 @@ def knn_rows(ctx: Context) -> list[Row]:
     train, test = open_embeddings(store, "big", "train"), open_embeddings(store, "big", "val")
     cpu = torch.device("cpu")
     ks = (10, 20, 100, 200) if not ctx.dry else (5,)
-    run = lambda d: (evaluate(train, test, ks, 0.07, d), test.shape[0])[1]  # noqa: E731
+    run = lambda d: (evaluate(train, test, ks, temperature=0.07, device=d), test.shape[0])[1]  # noqa: E731
     settings = {"train": train.shape, "test": test.shape, "k": ks}
     ours = measure(lambda: run(ctx.device), ctx.sizes.repeats, sync=not ctx.dry, unit="queries/s")
     reference = measure(lambda: run(cpu), 1, warmup=0, unit="queries/s")
@@ -416,7 +424,7 @@ def knn_rows(ctx: Context) -> list[Row]:
 # -- the run ----------------------------------------------------------------------------------
 
 
-def guarded(ctx: Context, bench: str, case: str, needs_s: float, fn: Callable[[], list[Row]]) -> list[Row]:
+def guarded(ctx: Context, bench: str, case: str, *, needs_s: float, fn: Callable[[], list[Row]]) -> list[Row]:
     """fn's rows; a skipped row when the budget is short, a failed one (and the traceback in
     the log) when fn raises, so one broken section never costs the others."""
     if ctx.budget.left() < needs_s:
@@ -437,7 +445,7 @@ SECTIONS = (("gpu-decode", 0.08, decode_rows, True), ("gpu-model", 0.34, model_r
             ("gpu-knn", 0.14, knn_rows, True))
 
 
-def rows(root: Path, device: torch.device, sizes: GpuSizes, only: tuple[str, ...] = ()) -> Iterator[Row]:
+def rows(root: Path, device: torch.device, sizes: GpuSizes, *, only: tuple[str, ...] = ()) -> Iterator[Row]:
     """Every section's rows (or those of the sections in `only`), as each is measured; each
     section has its share of the budget."""
     total = Budget(sizes.seconds)
@@ -450,7 +458,7 @@ def rows(root: Path, device: torch.device, sizes: GpuSizes, only: tuple[str, ...
                  total.left())
         if whole:
             needs = min(20.0, ctx.budget.left() / 2)
-            yield from guarded(ctx, bench, "all", needs, lambda fn=fn, c=ctx: list(fn(c)))
+            yield from guarded(ctx, bench, "all", needs_s=needs, fn=lambda fn=fn, c=ctx: list(fn(c)))
         else:  # the section guards each of its rows
             yield from fn(ctx)
 

@@ -42,7 +42,7 @@ class Timing:
                 "max_s": max(self.seconds), "rate": self.items / med}
 
 
-def measure(fn: Callable[[], int], repeats: int = 3, warmup: int = 1, sync: bool = False,
+def measure(fn: Callable[[], int], repeats: int = 3, warmup: int = 1, *, sync: bool = False,
             unit: str = "img/s") -> Timing:
     """Time `fn` (which returns how many items it processed) `repeats` times after warm-up."""
     def once() -> tuple[float, int]:

@@ -47,7 +47,7 @@ class Block(nn.Module):
 class ReferenceViT(nn.Module):
     """MSN's VisionTransformer, only what forward_blocks(x, 1) needs."""
 
-    def __init__(self, patch: int, dim: int, depth: int, heads: int):
+    def __init__(self, patch: int, dim: int, *, depth: int, heads: int):
         super().__init__()
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(3, dim, patch, patch)
@@ -64,16 +64,16 @@ class ReferenceViT(nn.Module):
         return x[:, 0]
 
 
-def reference_vit(checkpoint_path, patch=16, dim=384, depth=12, heads=6) -> ReferenceViT:
+def reference_vit(checkpoint_path, patch=16, dim=384, *, depth=12, heads=6) -> ReferenceViT:
     """Load as the reference script does: target_encoder, 'module.' stripped, head dropped."""
     ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     state = {k.replace("module.", ""): v for k, v in ckpt["target_encoder"].items()}
-    model = ReferenceViT(patch, dim, depth, heads)
+    model = ReferenceViT(patch, dim, depth=depth, heads=heads)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")})
     return model.eval()
 
 
-def embed_folder(root, model: ReferenceViT, batch_size: int = 16, num_workers: int = 0,
+def embed_folder(root, model: ReferenceViT, batch_size: int = 16, *, num_workers: int = 0,
                  device: str | torch.device = "cpu"):
     """The reference embedding loop: ImageFolder + PIL, DataLoader(batch 16, no workers),
     fp32 eager `forward_blocks`. Returns (embeddings [N, D], labels [N], paths)."""

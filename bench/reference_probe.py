@@ -20,7 +20,7 @@ def sample_n_per_class(labels: np.ndarray, n_per_class: int, rng: np.random.Gene
     return rng.permutation(np.concatenate(sampled))
 
 
-def reference_curve(train_x, train_y, test_x, test_y, seed: int, n_labels_end: int,
+def reference_curve(train_x, train_y, test_x, *, test_y, seed: int, n_labels_end: int,
                     C: float = 1.0, max_iter: int = 1000) -> list[dict]:
     """One seed of the reference few-shot curve: n per class = 1, 2, ... until n_labels_end."""
     from sklearn.linear_model import LogisticRegression
@@ -42,7 +42,7 @@ def reference_curve(train_x, train_y, test_x, test_y, seed: int, n_labels_end: i
         n += 1
 
 
-def evaluate_seed(folder, encoder: str, seed: int, n_per_class_end: int) -> list[dict]:
+def evaluate_seed(folder, encoder: str, seed: int, *, n_per_class_end: int) -> list[dict]:
     """evaluate_embeddings.py for one seed: load the .npy files, fit the curve, write
     <folder>/<encoder>/testing_seedNN.csv as the reference does."""
     from pathlib import Path
@@ -51,7 +51,7 @@ def evaluate_seed(folder, encoder: str, seed: int, n_per_class_end: int) -> list
     train_x, test_x = (np.load(folder / f"embeddings_{encoder}_{s}.npy") for s in ("train", "val"))
     train_y, test_y = (np.load(folder / f"labels_{s}.npy") for s in ("train", "val"))
     end = n_per_class_end * len(np.unique(train_y))
-    rows = reference_curve(train_x, train_y, test_x, test_y, seed=seed, n_labels_end=end)
+    rows = reference_curve(train_x, train_y, test_x, test_y=test_y, seed=seed, n_labels_end=end)
     out = folder / encoder
     out.mkdir(exist_ok=True)
     lines = ["n_labels,test_acc,test_loglik"] + [
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--n-per-class", type=int, default=10)
     a = p.parse_args(argv)
-    evaluate_seed(a.folder, a.encoder, a.seed, a.n_per_class)
+    evaluate_seed(a.folder, a.encoder, a.seed, n_per_class_end=a.n_per_class)
     return 0
 
 

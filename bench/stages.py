@@ -76,7 +76,7 @@ class Workspace:
         reference path stops at the first one (PIL raises), so it could not run."""
         path = self.root / "e2e_images"
         if not (path / "val").exists():
-            make_image_folder(path, self.sizes.classes, self.sizes.label_counts + 2, 4, broken=0,
+            make_image_folder(path, self.sizes.classes, self.sizes.label_counts + 2, val=4, broken=0,
                               workers=CORES)
         return path
 
@@ -138,7 +138,7 @@ def _torchvision_decode(images: Path, workers: int) -> int:
     return sum(len(x) for x, _ in DataLoader(data, batch_size=16, num_workers=workers))
 
 
-def _pipeline_decode(shards: Path, decoder: str, device: torch.device, batch: int = 64) -> int:
+def _pipeline_decode(shards: Path, decoder: str, device: torch.device, *, batch: int = 64) -> int:
     """Every sample of the shards through embed.pipeline's `decoder`; the images decoded."""
     import numpy as np
 
@@ -147,8 +147,8 @@ def _pipeline_decode(shards: Path, decoder: str, device: torch.device, batch: in
     from shard.reader import open_split
 
     split = open_split(shards, "val")
-    stream = batches(decoder, split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
-                     Preprocess(), batch, device, threads=CORES)
+    stream = batches(decoder, split.tar_paths(), split.idx_paths(), order=np.arange(split.num_samples),
+                     pre=Preprocess(), batch_size=batch, device=device, threads=CORES)
     return sum(int((b.indices >= 0).sum()) for b in stream)
 
 
@@ -192,7 +192,7 @@ def flops_per_image(encoder: str) -> float:
     return float(counter.get_total_flops())
 
 
-def _embed_ours(ws: Workspace, encoder: str, decoder: str, counter) -> int:
+def _embed_ours(ws: Workspace, encoder: str, decoder: str, *, counter) -> int:
     from embed.run import Config, run
 
     out = ws.root / f"store_{next(counter)}.zarr"
@@ -207,7 +207,8 @@ def _embed_reference(ws: Workspace, encoder: str) -> int:
     from embed.encoders import get_spec
 
     s = get_spec(encoder)
-    model = reference_vit(ws.prepare_checkpoint(encoder), s.patch, s.dim, s.depth, s.heads).to(ws.device)
+    model = reference_vit(ws.prepare_checkpoint(encoder), s.patch, s.dim, depth=s.depth,
+                          heads=s.heads).to(ws.device)
     return len(embed_folder(ws.prepare_images() / "val", model, device=ws.device)[0])
 
 
@@ -222,7 +223,8 @@ def _bench_encoder(ws: Workspace, encoder: str) -> list[Row]:
     for decoder in ("dali", "torchvision"):
         if sync:
             torch.cuda.reset_peak_memory_stats()
-        mine = measure(lambda d=decoder: _embed_ours(ws, encoder, d, counter), ws.sizes.repeats, sync=sync)
+        mine = measure(lambda d=decoder: _embed_ours(ws, encoder, d, counter=counter), ws.sizes.repeats,
+                       sync=sync)
         settings = {"images": ws.num_images, "gflops_per_image": flops / 1e9}
         if sync:
             peak = bf16_peak(torch.cuda.get_device_name(ws.device))
@@ -260,7 +262,7 @@ def _probe_case(ws: Workspace, name: str) -> tuple[Path, Path]:
     return ws.root / f"real{tag}_npy", store
 
 
-def _probe_processes(ws: Workspace, name: str, backend: str, counter) -> int:
+def _probe_processes(ws: Workspace, name: str, backend: str, *, counter) -> int:
     """python -m probe over the case's store, as a user runs it (start-up included)."""
     folder, store = _probe_case(ws, name)
     _, _, _, _, seeds, n = PROBE_CASES[name]
@@ -304,7 +306,7 @@ def bench_probe(ws: Workspace) -> list[Row]:
         settings = {"classes": classes, "dim": dim, "train": classes * tr, "test": classes * te,
                     "seeds": seeds, "n_per_class": f"1-{n}", "data": "realistic_embeddings"}
         for backend in ("sklearn", "torch") if name != "small" else ("sklearn",):
-            mine = measure(lambda name=name, b=backend: _probe_processes(ws, name, b, counter), reps,
+            mine = measure(lambda name=name, b=backend: _probe_processes(ws, name, b, counter=counter), reps,
                            warmup=0, unit="fits/s")
             label = f"python -m probe --backend {backend} (a process, start-up included)"
             case = f"{name}, D={dim}, {backend}"
@@ -327,7 +329,7 @@ def bench_tolerance(ws: Workspace) -> list[Row]:
     ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
     store = npy_store(ctx, "real", realistic_embeddings(classes, dim, {"train": 4, "val": 5}, seed=0))
     settings = {"classes": classes, "dim": dim, "data": "bench.synthetic.realistic_embeddings"}
-    return tolerance_rows(ctx, store, (4, 3), settings, bench="probe-tol")
+    return tolerance_rows(ctx, store, (4, 3), settings=settings, bench="probe-tol")
 
 
 def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
@@ -368,7 +370,8 @@ def _e2e_reference(ws: Workspace) -> dict[str, float]:
     vx, vy, _ = embed_folder(ws.prepare_e2e_images() / "val", model)
     embed_s, t = time.perf_counter() - t, time.perf_counter()
     for seed in range(ws.sizes.seeds):
-        reference_curve(tx, ty, vx, vy, seed=seed, n_labels_end=ws.sizes.label_counts * ws.sizes.classes)
+        reference_curve(tx, ty, vx, test_y=vy, seed=seed,
+                        n_labels_end=ws.sizes.label_counts * ws.sizes.classes)
     return {"embed": embed_s, "probe": time.perf_counter() - t}
 
 

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 
-def synthetic_image(label: int, num_classes: int, rng: np.random.Generator,
+def synthetic_image(label: int, num_classes: int, rng: np.random.Generator, *,
                     size: tuple[int, int] = (500, 375)) -> Image.Image:
     """One RGB image [h, w, 3] of class `label`: tinted texture plus oriented stripes."""
     w, h = size if rng.random() > 0.2 else size[::-1]
@@ -56,10 +56,11 @@ def _class_folder(args: tuple) -> None:
     rng = np.random.default_rng([seed, ("train", "val").index(split), c])
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(per_class):
-        (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(_jpeg(synthetic_image(c, classes, rng, size)))
+        (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(_jpeg(synthetic_image(c, classes, rng,
+                                                                                     size=size)))
 
 
-def make_image_folder(root: Path, classes: int = 10, train: int = 24, val: int = 8, broken: int = 2,
+def make_image_folder(root: Path, classes: int = 10, train: int = 24, *, val: int = 8, broken: int = 2,
                       seed: int = 0, size: tuple[int, int] = (500, 375), workers: int = 1) -> Path:
     """root/{train,val}/class_XX/*.JPEG; returns root. Deterministic for a seed, for any
     number of `workers` (each class folder has its own generator)."""
@@ -81,7 +82,7 @@ def make_image_folder(root: Path, classes: int = 10, train: int = 24, val: int =
     return root
 
 
-def realistic_embeddings(classes: int, dim: int, per_class: dict[str, int], seed: int = 0,
+def realistic_embeddings(classes: int, dim: int, per_class: dict[str, int], *, seed: int = 0,
                          separation: float = 0.6) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """split -> (x [n, D] float32, y [n]) drawn like SSL embeddings of a hard dataset: features
     correlated with a power-law covariance spectrum (std of principal component k ~ 1/k, in a
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--broken", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    make_image_folder(a.root, a.classes, a.train, a.val, a.broken, a.seed)
+    make_image_folder(a.root, a.classes, a.train, val=a.val, broken=a.broken, seed=a.seed)
     print(f"{a.root}: {a.classes} classes, {a.train}+{a.val} images each, {a.broken} broken")
 
 

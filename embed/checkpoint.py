@@ -44,7 +44,7 @@ def _backbone(ckpt: dict, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in ckpt["target_encoder"].items()}
 
 
-def check_state(state: dict[str, torch.Tensor], model: nn.Module, spec: EncoderSpec, path: Path) -> None:
+def check_state(state: dict[str, torch.Tensor], model: nn.Module, spec: EncoderSpec, *, path: Path) -> None:
     """Every backbone tensor present with its shape, nothing else but the head."""
     want = model.state_dict()
     head = sorted(k for k in state if k.startswith(HEAD_PREFIXES))
@@ -104,7 +104,7 @@ def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dic
     state = _backbone(ckpt, path)
     with torch.device("meta"):  # no memory and no init for weights about to be replaced
         model = build_model(spec, init=False)
-    check_state(state, model, spec, path)
+    check_state(state, model, spec, path=path)
     model.load_state_dict({k: v for k, v in state.items() if not k.startswith(HEAD_PREFIXES)},
                           assign=True)
     log.info("%s: loaded %s (epoch %s)", spec.name, path, ckpt.get("epoch", "?"))

@@ -52,7 +52,7 @@ def _resize_crop_normalize(jpg, images, pre: Preprocess):
         dtype=types.FLOAT, output_layout="CHW")
 
 
-def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_size: int,
+def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, *, batch_size: int,
                    device_id: int | None, threads: int, order: np.ndarray | None = None,
                    views: Views | None = None):
     """A DALI pipeline over `tars` yielding (images, source_info, *views) batches, last batch
@@ -74,9 +74,9 @@ def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, batch_si
                                    output_type=types.RGB, adjust_orientation=False)
         outputs = [_resize_crop_normalize(jpg, images, pre), info]
         for v in range(views.k if aug else 0):
-            params = fn.external_source(params_source(order, batch_size, views.seed, v, aug),
+            params = fn.external_source(params_source(order, batch_size, views.seed, view=v, aug=aug),
                                         batch=True, batch_info=True, dtype=types.FLOAT)
-            outputs.append(augmented(jpg, images, params, pre))
+            outputs.append(augmented(jpg, images, params, pre=pre))
         return tuple(outputs)
 
     p = pipe()
@@ -102,12 +102,13 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
 
 
-def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: Preprocess,
                  batch_size: int, device: torch.device, threads: int,
                  views: Views | None = None) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
     device_id = (device.index or 0) if device.type == "cuda" else None
-    pipe = build_pipeline(tars, idxs, pre, batch_size, device_id, threads, order, views)
+    pipe = build_pipeline(tars, idxs, pre, batch_size=batch_size, device_id=device_id, threads=threads,
+                          order=order, views=views)
     for start in range(0, len(order), batch_size):
         images, info, *view_lists = pipe.run()
         indices = np.array([key_of(np.asarray(t)) for t in info], dtype=np.int64)

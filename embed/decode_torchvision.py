@@ -46,7 +46,7 @@ def transform(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
 class Preparer:
     """Reads, decodes and transforms one batch of members on `device`."""
 
-    def __init__(self, pre: Preprocess, device: torch.device, threads: int, cpu_decode: bool = False):
+    def __init__(self, pre: Preprocess, device: torch.device, threads: int, *, cpu_decode: bool = False):
         self.pre, self.device = pre, device
         self.files: dict[Path, object] = {}
         on_cpu = cpu_decode or device.type == "cpu"
@@ -100,7 +100,7 @@ def _pad(images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat([images, images[-1:].expand(batch_size - len(images), -1, -1, -1)])
 
 
-def torchvision_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+def torchvision_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: Preprocess,
                         batch_size: int, device: torch.device, threads: int,
                         cpu_decode: bool = False) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
@@ -109,7 +109,7 @@ def torchvision_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, p
     if len(members) != len(order):
         raise RuntimeError(f"the indexes list {len(members)} images, the manifest {len(order)}")
     chunks = [members[i : i + batch_size] for i in range(0, len(members), batch_size)]
-    prepare = Preparer(pre, device, threads, cpu_decode)
+    prepare = Preparer(pre, device, threads, cpu_decode=cpu_decode)
     ahead = ThreadPoolExecutor(1)  # one batch prepared while the model runs on the last
     try:
         pending: Future = ahead.submit(prepare, chunks[0])

@@ -22,7 +22,7 @@ from msnpipe.runtime import UserError, setup_logging
 log = logging.getLogger("embed.export")
 
 
-def export(store: Path, encoder: str, split: str, out: Path) -> list[Path]:
+def export(store: Path, encoder: str, split: str, *, out: Path) -> list[Path]:
     """Write the three reference files for (encoder, split); return their paths."""
     e = open_embeddings(store, encoder, split)
     out.mkdir(parents=True, exist_ok=True)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args(argv)
     try:
-        written = export(a.store, a.encoder, a.split, a.out)
+        written = export(a.store, a.encoder, a.split, out=a.out)
     except UserError as e:
         log.error("%s", e)
         return 1

@@ -66,7 +66,7 @@ def _read_split(folder: Path, encoder: str, split: str) -> tuple[np.ndarray, np.
     return rows, labels.astype(np.int32 if labels.ndim == 1 else np.int8), paths
 
 
-def import_split(folder: Path, encoder: str, split: str, out: Path, overwrite: bool = False
+def import_split(folder: Path, encoder: str, split: str, *, out: Path, overwrite: bool = False
                  ) -> tuple[int, int]:
     """One split from .npy files to a complete group; return (N, D)."""
     rows, labels, paths = _read_split(folder, encoder, split)
@@ -76,11 +76,11 @@ def import_split(folder: Path, encoder: str, split: str, out: Path, overwrite: b
     attrs = {"encoder": encoder, "kind": "cls_prenorm", "imported_from": str(folder.resolve()),
              "identity": {"encoder": encoder, "imported_from": str(folder.resolve())}}
     with store.writer_lock(out, encoder, split):
-        g = store.create_group(out, encoder, split, layout, attrs, overwrite=overwrite)
+        g = store.create_group(out, encoder, split, layout=layout, attrs=attrs, overwrite=overwrite)
         for s in range(layout.num_shards):
             lo, hi = s * ROWS_PER_CHUNK, min(n, (s + 1) * ROWS_PER_CHUNK)
             block = np.asarray(rows[lo:hi], dtype=np.float32)
-            store.write_shard(g, s, lo, block, labels[lo:hi], paths[lo:hi])
+            store.write_shard(g, s, lo, rows=block, labels=labels[lo:hi], paths=paths[lo:hi])
         store.mark_complete_if_done(g)
     return n, d
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise store.StoreError(f"{a.out}: {a.encoder}/{split} already exists; pass --overwrite "
                                        "to replace it")
         for split in splits:
-            n, d = import_split(a.folder, a.encoder, split, a.out, a.overwrite)
+            n, d = import_split(a.folder, a.encoder, split, out=a.out, overwrite=a.overwrite)
             log.info("%s/%s: %d x %d rows -> %s", a.encoder, split, n, d, a.out)
     except UserError as e:
         log.error("%s", e)

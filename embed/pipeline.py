@@ -60,7 +60,7 @@ def check_order(read: np.ndarray, order: np.ndarray, start: int) -> None:
                            "disagree")
 
 
-def batches(decoder: str, tars: list[Path], idxs: list[Path], order: np.ndarray, pre: Preprocess,
+def batches(decoder: str, tars: list[Path], idxs: list[Path], *, order: np.ndarray, pre: Preprocess,
             batch_size: int, device: torch.device, threads: int,
             views: Views | None = None) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1.
@@ -70,12 +70,14 @@ def batches(decoder: str, tars: list[Path], idxs: list[Path], order: np.ndarray,
     if decoder == "dali":
         from embed.decode_dali import dali_batches
 
-        return dali_batches(tars, idxs, order, pre, batch_size, device, threads, views)
+        return dali_batches(tars, idxs, order, pre=pre, batch_size=batch_size, device=device, threads=threads,
+                            views=views)
     if decoder in ("torchvision", "torchvision-cpu"):
         if views is not None:
             raise UserError("--views needs --decoder dali: augmented views are made by DALI")
         from embed.decode_torchvision import torchvision_batches
 
-        return torchvision_batches(tars, idxs, order, pre, batch_size, device, threads,
+        return torchvision_batches(tars, idxs, order, pre=pre, batch_size=batch_size, device=device,
+                                   threads=threads,
                                    cpu_decode=decoder == "torchvision-cpu")
     raise UserError(f"--decoder {decoder!r}: one of {', '.join(DECODERS)}")

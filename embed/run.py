@@ -145,7 +145,7 @@ class Pending:
                                   self.views.numpy() if self.views is not None else None)
 
 
-def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, precision: str) -> dict:
+def _identity(spec: EncoderSpec, split: Split, cfg: Config, *, weights_info: dict, precision: str) -> dict:
     """What a store group must have been built from to be resumed (JSON-normalised)."""
     return json.loads(json.dumps({
         "encoder": spec.name, "shards_manifest_sha256": split.manifest_sha256,
@@ -157,7 +157,7 @@ def _identity(spec: EncoderSpec, split: Split, cfg: Config, weights_info: dict, 
     }))
 
 
-def _attrs(t: Target, cfg: Config, device: torch.device, batch: int, split: Split) -> dict:
+def _attrs(t: Target, cfg: Config, device: torch.device, *, batch: int, split: Split) -> dict:
     return {
         "encoder": t.spec.name, "architecture": t.spec.arch, "spec": t.spec.describe(), "kind": cfg.kind,
         "weights": t.info["weights"], "weights_sha256": t.info["weights_sha256"],
@@ -168,7 +168,7 @@ def _attrs(t: Target, cfg: Config, device: torch.device, batch: int, split: Spli
     }
 
 
-def ensure_group(cfg: Config, name: str, split: Split, identity: dict) -> None:
+def ensure_group(cfg: Config, name: str, split: Split, *, identity: dict) -> None:
     """Rank 0, holding the writer lock: create the group if absent (or half-made by an older
     version), else refuse it unless it was built from the same inputs and settings."""
     group = store.open_group(cfg.out, name, split.name, mode="a")
@@ -184,10 +184,11 @@ def ensure_group(cfg: Config, name: str, split: Split, identity: dict) -> None:
     layout = store.Layout(split.num_samples, get_spec(name).dim, split.samples_per_shard,
                           len(split.shards), cfg.dtype, cfg.views,
                           len(split.classes) if split.multilabel else 0)
-    store.create_group(cfg.out, name, split.name, layout, {"identity": identity}, overwrite=half_made)
+    store.create_group(cfg.out, name, split.name, layout=layout, attrs={"identity": identity},
+                       overwrite=half_made)
 
 
-def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: str, dist: Dist,
+def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precision: str, dist: Dist,
                     locks: ExitStack) -> list[Target]:
     """Load every encoder; rank 0 locks and creates or checks its group; all ranks open it."""
     labels, paths = split.labels(), split.paths()  # samples.tsv checked before anything is made
@@ -195,13 +196,14 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: 
     for name in cfg.encoders:
         spec = get_spec(name)
         model, info = load_encoder(spec, resolve_weights(cfg.weights, name, several=len(cfg.encoders) > 1))
-        loaded.append((spec, model, info, _identity(spec, split, cfg, info, precision)))
+        loaded.append((spec, model, info, _identity(spec, split, cfg, weights_info=info,
+                                                    precision=precision)))
     error = None
     if dist.rank == 0:
         try:
             for spec, _, _, identity in loaded:
                 locks.enter_context(store.writer_lock(cfg.out, spec.name, split.name))
-                ensure_group(cfg, spec.name, split, identity)
+                ensure_group(cfg, spec.name, split, identity=identity)
         except UserError as e:
             error = e
     message = dist.from_rank0(None if error is None else str(error))
@@ -213,9 +215,9 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, precision: 
     for spec, model, info, identity in loaded:
         group = store.open_group(cfg.out, spec.name, split.name, mode="a")
 
-        def write(s: int, rows: np.ndarray, views: np.ndarray | None, group=group) -> None:
+        def write(s: int, rows: np.ndarray, views: np.ndarray | None, *, group=group) -> None:
             lo, hi = s * k, s * k + len(rows)
-            store.write_shard(group, s, lo, rows, labels[lo:hi], paths[lo:hi], views)
+            store.write_shard(group, s, lo, rows=rows, labels=labels[lo:hi], paths=paths[lo:hi], views=views)
 
         use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
         runner = EncoderRunner(spec, model, kind=cfg.kind, device=device, precision=precision,
@@ -241,15 +243,16 @@ def _submit(t: Target, b, real: int) -> Pending:
     return Pending(t, HostRows(rows), HostRows(views) if views is not None else None, b.indices[:keep])
 
 
-def _loop(targets: list[Target], split: Split, shard_ids: list[int], cfg: Config,
+def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Config,
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings."""
     order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
     dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))  # decoder
     views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
-    stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order,
-                     targets[0].spec.preprocess, batch, device, dali_threads, views)
+    stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order=order,
+                     pre=targets[0].spec.preprocess, batch_size=batch, device=device, threads=dali_threads,
+                     views=views)
     wait = compute = 0.0
     first: tuple[float, int] | None = None  # (seconds, images) of the first batch: compile, warm-up
     bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
@@ -301,18 +304,18 @@ def run(cfg: Config) -> dict:
     dist, device, precision = _runtime(cfg)
     split = open_split(cfg.shards, cfg.split)
     with ExitStack() as locks:
-        targets = prepare_targets(cfg, split, device, precision, dist, locks)
+        targets = prepare_targets(cfg, split, device, precision=precision, dist=dist, locks=locks)
         runners = [t.runner for t in targets]
-        batch = cfg.batch_size or (auto_batch(runners, device, cfg.views, cfg.check_drift > 0)
+        batch = cfg.batch_size or (auto_batch(runners, device, cfg.views, drift=cfg.check_drift > 0)
                                    if device.type == "cuda" else CPU_BATCH)
         if dist.rank == 0:
             for t in targets:
-                t.group.attrs.update(_attrs(t, cfg, device, batch, split))
+                t.group.attrs.update(_attrs(t, cfg, device, batch=batch, split=split))
         dist.barrier()
         mine = deal([store.done_shards(t.group) for t in targets], dist)
         log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s", dist.rank,
                  dist.world, len(mine), device_name(device), batch, precision, targets[0].runner.compiled)
-        stats = _loop(targets, split, mine, cfg, device, batch, show=dist.rank == 0)
+        stats = _loop(targets, split, mine, cfg=cfg, device=device, batch=batch, show=dist.rank == 0)
         complete = _finish(targets, dist)
     return stats | {"rank": dist.rank, "world": dist.world, "batch": batch, "device": str(device),
                     "precision": precision, "complete": complete}

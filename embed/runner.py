@@ -34,7 +34,7 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int,
+def run_chunked(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int, *,
                 what: str) -> tuple[torch.Tensor, int]:
     """(cat of fn over micro-batches of x [B, ...], the micro-batch size used). On CUDA out of
     memory the micro-batch halves and the batch is retried; at 1 the error is raised."""
@@ -70,7 +70,7 @@ class EncoderRunner:
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, 224, 224] -> [B, D] float32 on the model's device."""
-        rows, self.chunk = run_chunked(self._forward, x, self.chunk, self.spec.name)
+        rows, self.chunk = run_chunked(self._forward, x, self.chunk, what=self.spec.name)
         return rows
 
     @torch.inference_mode()
@@ -80,7 +80,7 @@ class EncoderRunner:
         if take <= 0:
             return
         ref, self.drift_chunk = run_chunked(lambda c: self.eager(c.float()), x[:take], self.drift_chunk,
-                                            f"{self.spec.name} fp32 drift pass")
+                                            what=f"{self.spec.name} fp32 drift pass")
         self.drift_cos += torch.nn.functional.cosine_similarity(rows[:take], ref, dim=1).tolist()
         self.drift_left -= take
 
@@ -92,13 +92,13 @@ class EncoderRunner:
                 "mean_cos": float(np.mean(self.drift_cos))}
 
 
-def largest_batch(fixed: int, per_image: int, free: int, headroom: float = HEADROOM) -> int:
+def largest_batch(fixed: int, per_image: int, free: int, *, headroom: float = HEADROOM) -> int:
     """The largest batch of AUTO_BATCHES whose planned bytes (fixed + per_image * batch) stay
     within `headroom` of `free` bytes; 1 when none does (the back-off then halves micro-batches)."""
     return next((b for b in AUTO_BATCHES if fixed + per_image * b <= headroom * free), 1)
 
 
-def _step_peak(runners: list[EncoderRunner], device: torch.device, batch: int, views: int,
+def _step_peak(runners: list[EncoderRunner], device: torch.device, batch: int, *, views: int,
                drift: bool) -> int:
     """Peak bytes above the baseline of one real step at `batch`: the decoded batch and its K
     views held, each encoder's forward (eager: it holds more than the compiled graph), and the
@@ -118,12 +118,12 @@ def _step_peak(runners: list[EncoderRunner], device: torch.device, batch: int, v
     return peak
 
 
-def auto_batch(runners: list[EncoderRunner], device: torch.device, views: int = 0,
+def auto_batch(runners: list[EncoderRunner], device: torch.device, views: int = 0, *,
                drift: bool = False) -> int:
     """The batch a real step can hold on this GPU: a step's peak memory measured at two small
     batches (images, K views, every encoder, the drift pass), extended linearly to the free
     memory, with headroom. Out-of-memory at run time still halves micro-batches."""
-    small, large = (_step_peak(runners, device, b, views, drift) for b in PROBE_SIZES)
+    small, large = (_step_peak(runners, device, b, views=views, drift=drift) for b in PROBE_SIZES)
     # at least what the step's input holds per image, whatever the allocator's rounding says
     floor = (1 + views) * 3 * 224 * 224 * 4
     per_image = max(floor, (large - small) // (PROBE_SIZES[1] - PROBE_SIZES[0]))

@@ -100,7 +100,7 @@ def _build(path: Path, layout: Layout, attrs: dict) -> None:
     g.attrs.update(attrs | {"complete": False})
 
 
-def create_group(store: Path | str, encoder: str, split: str, layout: Layout, attrs: dict,
+def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout, attrs: dict,
                  overwrite: bool = False) -> zarr.Group:
     """Create group (encoder, split) atomically: built under STORE/.tmp, then renamed into place.
     An existing group is an error unless `overwrite`, which replaces it whole. Call it holding
@@ -125,7 +125,7 @@ def create_group(store: Path | str, encoder: str, split: str, layout: Layout, at
     return open_group(store, encoder, split, mode="a")
 
 
-def open_group(store: Path | str, encoder: str, split: str, mode: str = "r") -> zarr.Group | None:
+def open_group(store: Path | str, encoder: str, split: str, *, mode: str = "r") -> zarr.Group | None:
     """The group of (encoder, split), or None when the store or the group does not exist."""
     if not (Path(store) / encoder / split / "zarr.json").is_file():
         return None
@@ -153,7 +153,7 @@ def _not_finite(rows: np.ndarray) -> np.ndarray:
     return np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(1))
 
 
-def write_shard(group: zarr.Group, shard: int, start: int, rows: np.ndarray, labels: np.ndarray,
+def write_shard(group: zarr.Group, shard: int, start: int, *, rows: np.ndarray, labels: np.ndarray,
                 paths: list[str], views: np.ndarray | None = None) -> None:
     """Write a whole shard's rows [n, D], labels, paths (and views [n, K, D]), then mark it done.
     Rows that are not finite are refused, naming their samples; nothing of the shard is written."""
@@ -271,7 +271,7 @@ def _node(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith(".") and (path / "zarr.json").is_file()
 
 
-def open_embeddings(store: Path | str, encoder: str, split: str,
+def open_embeddings(store: Path | str, encoder: str, split: str, *,
                     require_complete: bool = True) -> EmbeddingSet:
     """The group for (encoder, split); a clear error if it is absent or unfinished."""
     g = open_group(store, encoder, split)

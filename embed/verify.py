@@ -42,7 +42,7 @@ class Problem:
         return f"shard {self.shard}, {self.array}: {self.what}"
 
 
-def _chunk_file(group: zarr.Group, store_path: Path, name: str, shard: int) -> Path:
+def _chunk_file(group: zarr.Group, store_path: Path, name: str, *, shard: int) -> Path:
     array = group[name]
     key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
     return store_path / group.path / name / key
@@ -65,9 +65,9 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
 
 
-def _check_chunk(group: zarr.Group, store_path: Path, name: str, shard: int, lo: int, hi: int
+def _check_chunk(group: zarr.Group, store_path: Path, name: str, *, shard: int, lo: int, hi: int
                  ) -> Problem | None:
-    if not _chunk_file(group, store_path, name, shard).is_file():
+    if not _chunk_file(group, store_path, name, shard=shard).is_file():
         return Problem(shard, name, "marked done but never written (chunk missing)")
     try:
         block = np.asarray(group[name][lo:hi])
@@ -88,12 +88,12 @@ def check_group(store_path: Path, encoder: str, split: str) -> tuple[list[Proble
     for s in np.flatnonzero(done):
         lo, hi = int(s) * k, min(n, (int(s) + 1) * k)
         for name in (a for a in ROW_ARRAYS if a in group):
-            if (p := _check_chunk(group, store_path, name, int(s), lo, hi)) is not None:
+            if (p := _check_chunk(group, store_path, name, shard=int(s), lo=lo, hi=hi)) is not None:
                 problems.append(p)
     return problems, int(done.sum())
 
 
-def repair(store_path: Path, encoder: str, split: str, problems: list[Problem]) -> list[int]:
+def repair(store_path: Path, encoder: str, split: str, *, problems: list[Problem]) -> list[int]:
     """Unmark the damaged shards (holding the group's writer lock); return them."""
     shards = sorted({p.shard for p in problems})
     with store.writer_lock(store_path, encoder, split):
@@ -114,7 +114,7 @@ def _groups(path: Path, encoder: str | None, split: str | None) -> list[tuple[st
     return groups
 
 
-def verify(path: Path, encoder: str | None, split: str | None, fix: bool) -> bool:
+def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> bool:
     """Check (and with `fix`, repair) the chosen groups; return whether all were sound."""
     sound = True
     for enc, spl in _groups(path, encoder, split):
@@ -128,7 +128,7 @@ def verify(path: Path, encoder: str | None, split: str | None, fix: bool) -> boo
             continue
         sound = False
         if fix:
-            shards = repair(path, enc, spl, problems)
+            shards = repair(path, enc, spl, problems=problems)
             imported = store.open_group(path, enc, spl).attrs.get("imported_from")
             how = (f"import it again: python -m embed.from_npy {imported} --encoder {enc} --out {path} "
                    "--overwrite" if imported else "rerun python -m embed to write them again")
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="unmark damaged shards so the next embed run rewrites them")
     a = p.parse_args(argv)
     try:
-        return 0 if verify(a.store, a.encoder, a.split, a.repair) else 1
+        return 0 if verify(a.store, a.encoder, a.split, fix=a.repair) else 1
     except UserError as e:
         log.error("%s", e)
         return 1

@@ -49,7 +49,7 @@ AUGMENTS: dict[str, Augment | None] = {
 }
 
 
-def view_params(seed: int, index: int, view: int, aug: Augment) -> np.ndarray:
+def view_params(seed: int, index: int, view: int, *, aug: Augment) -> np.ndarray:
     """The parameter row [NUM_PARAMS] float32 of view `view` of sample `index`."""
     rng = np.random.default_rng([seed, index, view])
     u = rng.random(16)
@@ -70,18 +70,18 @@ def view_params(seed: int, index: int, view: int, aug: Augment) -> np.ndarray:
     return row
 
 
-def params_source(order: np.ndarray, batch: int, seed: int, view: int, aug: Augment) -> Callable:
+def params_source(order: np.ndarray, batch: int, seed: int, *, view: int, aug: Augment) -> Callable:
     """An external_source callback: iteration -> [batch, NUM_PARAMS] for the samples the reader
     yields in that batch (`order`, padded by repeating the last, as the reader pads)."""
     def source(info) -> np.ndarray:
         idx = order[info.iteration * batch : (info.iteration + 1) * batch]
         idx = np.concatenate([idx, np.full(batch - len(idx), order[-1])]) if len(idx) < batch else idx
-        return np.stack([view_params(seed, int(i), view, aug) for i in idx])
+        return np.stack([view_params(seed, int(i), view, aug=aug) for i in idx])
 
     return source
 
 
-def augmented(jpg, images, params, pre: Preprocess):
+def augmented(jpg, images, params, *, pre: Preprocess):
     """DALI graph of one view: crop, resize, jitter, grey, blur, flip, normalize -> [3, 224, 224]."""
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types

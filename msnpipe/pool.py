@@ -42,7 +42,7 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
-def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = (),
+def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = (), *,
                 method: str = "spawn") -> ProcessPoolExecutor:
     """`workers` processes that die with this one; `initializer(*initargs)` runs in each. They
     are spawned (fresh interpreters; safe after CUDA or threads started), or forked when the
@@ -58,7 +58,7 @@ def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
         initializer(*initargs)
 
 
-def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable,
+def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, *,
                 window: int | None = None) -> Iterator:
     """`map(fn, items)` in order, in `pool` (or here when None), with at most `window` items
     (default: 4 per worker) submitted ahead, so large arguments are not all queued at once.

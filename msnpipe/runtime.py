@@ -31,7 +31,7 @@ def few(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def difference(first: str, a: list[str], second: str, b: list[str]) -> str:
+def difference(first: str, a: list[str], second: str, *, b: list[str]) -> str:
     """'only in A: x, y; only in B: z' for two lists of names."""
     return (f"only in {first}: {few(sorted(set(a) - set(b)))}; "
             f"only in {second}: {few(sorted(set(b) - set(a)))}")

@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
-def identity(a: argparse.Namespace, train, test, proto: Protocol) -> dict:
+def identity(a: argparse.Namespace, train, test, *, proto: Protocol) -> dict:
     """Every setting that changes a number of fewshot.csv (seeds and counts only select rows)."""
     return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
@@ -84,7 +84,7 @@ def run(a: argparse.Namespace) -> int:
     device = str(pick_device(a.device)) if backend == "torch" else "cpu"  # torch only for torch
     proto = Protocol(a.per_class, a.seeds, a.C, a.max_iter, backend, max(1, a.jobs), device, a.tol,
                      a.solver_dtype)
-    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    train, test = open_pair(a.store, a.encoder, a.train_split, test_split=a.test_split)
     if a.multilabel:
         run_multilabel(train, test, Cs=a.C, max_iter=a.max_iter, backend=proto.backend, out=a.out,
                        device=proto.device)
@@ -100,9 +100,9 @@ def run(a: argparse.Namespace) -> int:
              time.perf_counter() - t, proto.backend)
     settings = {"settings": vars(a), "protocol": vars(proto), "train_attrs": train.attrs,
                 "test_attrs": test.attrs}
-    ident = identity(a, train, test, proto)
-    with ResultFile.open(a.out, "fewshot", ident, settings) as results:
-        rows = run_curve(train, test_std, mean, std, proto, results, sampler)
+    ident = identity(a, train, test, proto=proto)
+    with ResultFile.open(a.out, "fewshot", ident, settings=settings) as results:
+        rows = run_curve(train, test_std, mean, std=std, proto=proto, results=results, sampler=sampler)
     if a.seed_layout:
         write_seed_layout(results.path, a.out)
     log.info("%d fits in %.1f s -> %s", len(rows), time.perf_counter() - t, results.path)

@@ -77,7 +77,7 @@ def torch_dtype(device: str, requested: str = "auto"):
     return torch.float64 if requested == "auto" else getattr(torch, requested)
 
 
-def fit_predict(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float,
+def fit_predict(backend: str, x: np.ndarray, y: np.ndarray, *, x_test: np.ndarray, C: float,
                 max_iter: int, fit_intercept: bool = True, device: str = "cpu", tol: float = TOL) -> Fit:
     """Fit on (x [n, D], y [n]); return test probabilities, classes and iterations."""
     if backend == "sklearn":

@@ -15,7 +15,7 @@ from embed.store import EmbeddingSet, open_embeddings
 from msnpipe.runtime import UserError, difference
 
 
-def open_pair(store, encoder: str, train_split: str, test_split: str) -> tuple[EmbeddingSet, EmbeddingSet]:
+def open_pair(store, encoder: str, train_split: str, *, test_split: str) -> tuple[EmbeddingSet, EmbeddingSet]:
     """The (train, test) groups of an encoder; an error if their class lists differ, since their
     labels would then mean different classes."""
     train = open_embeddings(store, encoder, train_split)
@@ -23,7 +23,7 @@ def open_pair(store, encoder: str, train_split: str, test_split: str) -> tuple[E
     a, b = train.classes, test.classes
     if a != b and a is not None and b is not None:
         raise UserError(f"{encoder}/{train_split} and {encoder}/{test_split} have different classes: "
-                        f"{difference(train_split, a, test_split, b)}; shard both splits with one "
+                        f"{difference(train_split, a, test_split, b=b)}; shard both splits with one "
                         "class list (python -m shard --classes-from)")
     return train, test
 
@@ -64,7 +64,7 @@ def load_standardized(e: EmbeddingSet, mean: np.ndarray, std: np.ndarray) -> Sta
     return Standardized(x, e.labels.astype(np.int64))
 
 
-def read_rows(e: EmbeddingSet, indices: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def read_rows(e: EmbeddingSet, indices: np.ndarray, mean: np.ndarray, *, std: np.ndarray) -> np.ndarray:
     """Standardized rows [len(indices), D] in the order given, read as one sorted selection."""
     return (e.rows(indices) - mean) / std
 

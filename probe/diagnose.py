@@ -47,14 +47,14 @@ def _rows(e: EmbeddingSet, idx: np.ndarray) -> np.ndarray:
     return e.rows(idx)
 
 
-def _timed(times: dict, name: str, fn, *args):
+def _timed(times: dict, name: str, fn, *args, **kwargs):
     t = time.perf_counter()
-    out = fn(*args)
+    out = fn(*args, **kwargs)
     times[name] = round(time.perf_counter() - t, 3)
     return out
 
 
-def _views_part(e: EmbeddingSet, idx: np.ndarray, x: torch.Tensor, times: dict) -> dict:
+def _views_part(e: EmbeddingSet, idx: np.ndarray, x: torch.Tensor, *, times: dict) -> dict:
     import torch
 
     from probe.metrics import alignment, instance_discrimination
@@ -71,7 +71,7 @@ def _views_part(e: EmbeddingSet, idx: np.ndarray, x: torch.Tensor, times: dict) 
             "views": int(v.shape[1])}
 
 
-def _knn_part(train: EmbeddingSet | str, e: EmbeddingSet, x: torch.Tensor, idx: np.ndarray,
+def _knn_part(train: EmbeddingSet | str, e: EmbeddingSet, x: torch.Tensor, *, idx: np.ndarray,
               times: dict) -> dict:
     if isinstance(train, str):
         return {"knn_note": train}
@@ -82,7 +82,7 @@ def _knn_part(train: EmbeddingSet | str, e: EmbeddingSet, x: torch.Tensor, idx: 
     y = torch.from_numpy(e.labels[idx].astype(np.int64)).to(x.device)
     sweep = {}
     for mode in ("plain", "norm", "shifted-norm"):
-        acc = _timed(times, f"knn_{mode}", knn_sweep, train, x, y, mode)
+        acc = _timed(times, f"knn_{mode}", knn_sweep, train, x, y, mode=mode)
         sweep[mode] = {"best_k": int(acc.argmax()) + 1, "best_top1": float(acc.max()),
                        "top1_by_k": [round(float(a), 5) for a in acc]}
     return {"knn": sweep}
@@ -109,7 +109,7 @@ def cka_groups(store: Path, e: EmbeddingSet) -> tuple[list[EmbeddingSet], dict[s
     return sets, left_out
 
 
-def _cka_part(store: Path, e: EmbeddingSet, out: Path, times: dict, device: torch.device) -> dict:
+def _cka_part(store: Path, e: EmbeddingSet, out: Path, *, times: dict, device: torch.device) -> dict:
     from probe.metrics import linear_cka
     from probe.plot import cka_plot
 
@@ -128,7 +128,7 @@ def _cka_part(store: Path, e: EmbeddingSet, out: Path, times: dict, device: torc
             "cka_left_out": left_out}
 
 
-def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path, *, max_rows: int,
+def diagnose(store: Path, encoder: str, split: str, *, train_split: str, out: Path, max_rows: int,
              tsne_classes: int, tsne_per_class: int, device: torch.device) -> dict:
     """Every diagnostic of (encoder, split); writes the PNGs and returns the JSON-able result."""
     import torch
@@ -137,7 +137,7 @@ def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path,
     from probe.plot import spectrum_plot, tsne_map
 
     try:
-        train, e = open_pair(store, encoder, train_split, split)
+        train, e = open_pair(store, encoder, train_split, test_split=split)
     except StoreError as err:  # no train split: everything but the kNN sweep
         e, train = open_embeddings(store, encoder, split), f"no kNN sweep: {err}"
     for group in (e, train) if isinstance(train, EmbeddingSet) else (e,):
@@ -149,13 +149,13 @@ def diagnose(store: Path, encoder: str, split: str, train_split: str, out: Path,
     times: dict[str, float] = {}
     result = {"encoder": encoder, "split": split, "rows": n, "sampled_rows": len(idx),
               "uniformity": _timed(times, "uniformity", uniformity, x)}
-    result |= _views_part(e, idx, x, times)
+    result |= _views_part(e, idx, x, times=times)
     ev = _timed(times, "spectrum", covariance_spectrum, x)
     result["effective_rank"] = effective_rank(ev)
     result["variance_spectrum_top10"] = [float(v) for v in ev[:10]]
     spectrum_plot(ev, out / "spectrum.png", result["effective_rank"])
-    result |= _knn_part(train, e, x, idx, times)
-    result |= _cka_part(store, e, out, times, device)
+    result |= _knn_part(train, e, x, idx=idx, times=times)
+    result |= _cka_part(store, e, out, times=times, device=device)
     pick = balanced_sample(e.labels, tsne_classes, tsne_per_class)
     _timed(times, "tsne", tsne_map, _rows(e, pick), e.labels[pick], out / "tsne.png")
     result["seconds"] = times
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     try:
         device = pick_device(a.device)
-        r = diagnose(a.store, a.encoder, a.split, a.train_split, a.out, max_rows=a.max_rows,
+        r = diagnose(a.store, a.encoder, a.split, train_split=a.train_split, out=a.out, max_rows=a.max_rows,
                      tsne_classes=a.tsne_classes, tsne_per_class=a.tsne_per_class, device=device)
     except UserError as e:
         log.error("%s", e)

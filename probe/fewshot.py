@@ -80,23 +80,24 @@ def _key(encoder: str, t: Task) -> dict:
     return {"encoder": encoder, "seed": t.seed, "n_per_class": t.n, "C": t.C}
 
 
-def plan(encoder: str, sampler: ClassSampler, proto: Protocol, results: ResultFile) -> list[Task]:
+def plan(encoder: str, sampler: ClassSampler, proto: Protocol, *, results: ResultFile) -> list[Task]:
     """Every (seed, n, C) that `results` lacks, seed by seed, n by n."""
     return [Task(seed, n, C, inds) for seed in proto.seeds
             for n, inds in draws(sampler, seed, proto.per_class)
             for C in proto.Cs if not results.has(_key(encoder, Task(seed, n, C, inds)))]
 
 
-def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray,
+def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray,
               proto: Protocol, results: ResultFile, sampler: ClassSampler) -> list[dict]:
     """Fit every (seed, n, C) not yet in `results`; append each row as it finishes."""
-    tasks = plan(train.encoder, sampler, proto, results)
+    tasks = plan(train.encoder, sampler, proto, results=results)
     if proto.backend == "torch":
-        return _batched(train, test, mean, std, proto, results, tasks, sampler.classes)
-    return _one_by_one(train, test, mean, std, proto, results, tasks)
+        return _batched(train, test, mean, std=std, proto=proto, results=results, tasks=tasks,
+                        classes=sampler.classes)
+    return _one_by_one(train, test, mean, std=std, proto=proto, results=results, tasks=tasks)
 
 
-def _row(encoder: str, t: Task, acc: float, loglik: float, backend: str, seconds: float,
+def _row(encoder: str, t: Task, acc: float, *, loglik: float, backend: str, seconds: float,
          n_iter: int | None) -> dict:
     return _key(encoder, t) | {"n_labels": len(t.indices), "test_acc": acc, "test_loglik": loglik,
                                "backend": backend, "fit_seconds": round(seconds, 4), "n_iter": n_iter}
@@ -120,18 +121,18 @@ def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
     with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
         # one label per class is a few-shot curve's point, not a regression problem
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        fit = fit_predict(backend, x, y, test.x, C=C, max_iter=max_iter, tol=tol)
+        fit = fit_predict(backend, x, y, x_test=test.x, C=C, max_iter=max_iter, tol=tol)
     acc, loglik = score(fit.probs, fit.classes, test.y)
     return acc, loglik, time.perf_counter() - t, fit.n_iter
 
 
-def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
           tasks: list[Task]) -> Iterator[tuple]:
     """The arguments of every fit, a seed's rows read in one sorted selection when reached."""
     for seed in dict.fromkeys(t.seed for t in tasks):
         mine = [t for t in tasks if t.seed == seed]
         union = np.concatenate([t.indices for t in mine])
-        x_all, y_all, offset = read_rows(train, union, mean, std), train.labels[union], 0  # [sum n*K, D]
+        x_all, y_all, offset = read_rows(train, union, mean, std=std), train.labels[union], 0  # [sum n*K, D]
         for t in mine:
             part = slice(offset, offset + len(t.indices))
             offset += len(t.indices)
@@ -159,13 +160,15 @@ def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tupl
             pool.shutdown(cancel_futures=True)
 
 
-def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray,
+                proto: Protocol,
                 results: ResultFile, tasks: list[Task]) -> list[dict]:
     """scikit-learn or cuML: one fit at a time (or `jobs` at once, when that pays), rows in order."""
     rows = []
-    fits = _results(proto, _fits(train, test, mean, std, proto, tasks), len(tasks))
+    fits = _results(proto, _fits(train, test, mean, std=std, proto=proto, tasks=tasks), len(tasks))
     for i, (t, (acc, loglik, secs, n_iter)) in enumerate(zip(tasks, fits)):
-        rows.append(_row(train.encoder, t, acc, loglik, proto.backend, secs, n_iter))
+        rows.append(_row(train.encoder, t, acc, loglik=loglik, backend=proto.backend, seconds=secs,
+                         n_iter=n_iter))
         results.append(rows[-1])
         if i + 1 == len(tasks) or tasks[i + 1].seed != t.seed:
             accs = [f"{r['test_acc']:.3f}" for r in rows if r["seed"] == t.seed]
@@ -173,7 +176,7 @@ def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: 
     return rows
 
 
-def _chunks(tasks: list[Task], rows: int, dim: int, classes: int, device: str) -> Iterator[list[Task]]:
+def _chunks(tasks: list[Task], rows: int, dim: int, *, classes: int, device: str) -> Iterator[list[Task]]:
     """Tasks of one label count in groups whose batched solve fits the device's memory."""
     import torch
 
@@ -187,7 +190,7 @@ def _chunks(tasks: list[Task], rows: int, dim: int, classes: int, device: str) -
         yield tasks[i : i + size]
 
 
-def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.ndarray, proto: Protocol,
+def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
              results: ResultFile, tasks: list[Task], classes: np.ndarray) -> list[dict]:
     """The torch backend: every seed and C of one label count solved as one batch."""
     import torch
@@ -203,19 +206,22 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, std: np.
     rows = []
     for n in dict.fromkeys(t.n for t in tasks):
         same_n = [t for t in tasks if t.n == n]
-        for chunk in _chunks(same_n, len(same_n[0].indices), train.shape[1], len(classes), device):
+        for chunk in _chunks(same_n, len(same_n[0].indices), train.shape[1], classes=len(classes),
+                             device=device):
             start = time.perf_counter()
             union = np.concatenate([t.indices for t in chunk])
-            x = read_rows(train, union, mean, std).reshape(len(chunk), -1, train.shape[1])  # [P, n*K, D]
+            x = read_rows(train, union, mean, std=std).reshape(len(chunk), -1, train.shape[1])  # [P, n*K, D]
             y = np.searchsorted(classes, train.labels[union]).reshape(len(chunk), -1)
             fit = torch_lr.fit_many(torch.as_tensor(x, device=device, dtype=dtype),
                                     torch.as_tensor(y, device=device),
-                                    torch.tensor([t.C for t in chunk], dtype=torch.float64), len(classes),
+                                    torch.tensor([t.C for t in chunk],
+                                                 dtype=torch.float64), num_classes=len(classes),
                                     max_iter=proto.max_iter, tol=proto.tol)
-            scores = [torch_lr.score(fit, i, x_test, y_test) for i in range(len(chunk))]
+            scores = [torch_lr.score(fit, i, x_test, y=y_test) for i in range(len(chunk))]
             each = (time.perf_counter() - start) / len(chunk)  # the batch's time, shared evenly
             for i, (t, (acc, loglik)) in enumerate(zip(chunk, scores)):
-                rows.append(_row(train.encoder, t, acc, loglik, "torch", each, int(fit.n_iter[i])))
+                rows.append(_row(train.encoder, t, acc, loglik=loglik, backend="torch", seconds=each,
+                                 n_iter=int(fit.n_iter[i])))
                 results.append(rows[-1])
             accs = [r["test_acc"] for r in rows[-len(chunk):]]
             log.info("%d per class: %d fits in one batch, %.1f s, iterations %d-%d, accuracy %.3f-%.3f", n,

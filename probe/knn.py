@@ -33,7 +33,7 @@ TEMPERATURE = 0.07
 VOTE_FLOATS = 1 << 25  # votes held at once: queries x k x classes, in a chunk of queries
 
 
-def _blocks(e: EmbeddingSet, device: torch.device, rows: int, metric: str = "cosine",
+def _blocks(e: EmbeddingSet, device: torch.device, rows: int, *, metric: str = "cosine",
             shift: torch.Tensor | None = None):
     """(start, train block [b, D]) prepared for `metric`: shifted, then L2-normalized for cosine."""
     import torch
@@ -59,7 +59,7 @@ def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *, me
     k = min(max_k, train.shape[0])
     best_s = torch.full((q_n, k), -torch.inf, device=queries.device)
     best_i = torch.zeros((q_n, k), dtype=torch.long, device=queries.device)
-    for start, block in _blocks(train, queries.device, block_rows, metric, shift):
+    for start, block in _blocks(train, queries.device, block_rows, metric=metric, shift=shift):
         sq = (block * block).sum(1) if metric == "euclidean" else None  # [b]
         for q0 in range(0, q_n, query_rows):
             sims = queries[q0 : q0 + query_rows] @ block.T  # [q, b]
@@ -73,7 +73,7 @@ def top_neighbours(train: EmbeddingSet, queries: torch.Tensor, max_k: int, *, me
     return best_s, best_i
 
 
-def vote_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor,
+def vote_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: torch.Tensor, *,
                   ks: tuple[int, ...], num_classes: int,
                   temperature: float | None = None) -> dict[int, tuple[float, float]]:
     """k -> (top-1, top-5) of the votes of the first k neighbours of each query: weighted by
@@ -100,7 +100,7 @@ def vote_accuracy(sims: torch.Tensor, neighbour_labels: torch.Tensor, labels: to
     return {k: (float(hits1[i] / n), float(hits5[i] / n)) for i, k in enumerate(ks)}
 
 
-def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], temperature: float,
+def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], *, temperature: float,
              device: torch.device) -> list[dict]:
     """Top-1/top-5 for every k."""
     import torch
@@ -110,7 +110,8 @@ def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], tempe
     train_labels = torch.from_numpy(train.labels.astype(np.int64)).to(device)
     labels = torch.from_numpy(test.labels.astype(np.int64)).to(device)
     num_classes = int(max(train_labels.max().item(), labels.max().item())) + 1
-    scores = vote_accuracy(sims, train_labels[idx], labels, ks, num_classes, temperature)
+    scores = vote_accuracy(sims, train_labels[idx], labels, ks=ks, num_classes=num_classes,
+                           temperature=temperature)
     return [{"encoder": train.encoder, "k": k, "temperature": temperature, "top1": scores[k][0],
              "top5": scores[k][1]} for k in ks]
 
@@ -139,18 +140,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def run(a: argparse.Namespace) -> list[dict]:
     """Evaluate the requested ks (those not in OUT/knn.csv yet) and record them."""
     device = pick_device(a.device)
-    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    train, test = open_pair(a.store, a.encoder, a.train_split, test_split=a.test_split)
     if max(a.ks) > train.shape[0]:
         raise UserError(f"--k {max(a.ks)}: {a.encoder}/{a.train_split} has only {train.shape[0]} rows; "
                         f"ask for k <= {train.shape[0]}")
     if a.out is None:
-        return evaluate(train, test, a.ks, a.temperature, device)
+        return evaluate(train, test, a.ks, temperature=a.temperature, device=device)
     ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
              "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
              "temperature": a.temperature}
-    with ResultFile.open(a.out, "knn", ident, vars(a)) as results:
+    with ResultFile.open(a.out, "knn", ident, settings=vars(a)) as results:
         ks = tuple(k for k in a.ks if not results.has({"encoder": a.encoder, "k": k}))
-        rows = evaluate(train, test, ks, a.temperature, device) if ks else []
+        rows = evaluate(train, test, ks, temperature=a.temperature, device=device) if ks else []
         for r in rows:
             results.append(r)
     return rows

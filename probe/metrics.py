@@ -75,7 +75,7 @@ def effective_rank(eigenvalues: np.ndarray) -> float:
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
-def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mode: str,
+def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, *, mode: str,
               max_k: int = MAX_K) -> np.ndarray:
     """Majority-vote accuracy for k = 1..max_k (k up to the train rows); mode plain (Euclidean)
     | norm | shifted-norm. The train split streams in blocks and the votes are probe.knn's."""
@@ -92,7 +92,8 @@ def knn_sweep(train: EmbeddingSet, test: torch.Tensor, test_y: torch.Tensor, mod
     train_y = torch.from_numpy(train.labels.astype(np.int64)).to(test.device)
     classes = int(max(train_y.max(), test_y.max()).item()) + 1
     ks = tuple(range(1, idx.shape[1] + 1))
-    scores = vote_accuracy(torch.ones_like(idx, dtype=torch.float32), train_y[idx], test_y, ks, classes)
+    scores = vote_accuracy(torch.ones_like(idx, dtype=torch.float32), train_y[idx], test_y, ks=ks,
+                           num_classes=classes)
     return np.array([scores[k][0] for k in ks])
 
 
@@ -111,7 +112,7 @@ def linear_cka(x: EmbeddingSet, y: EmbeddingSet, device: torch.device | str = "c
     return float((xy**2).sum() / torch.sqrt((xx**2).sum() * (yy**2).sum()))
 
 
-def balanced_sample(labels: np.ndarray, classes: int, per_class: int, seed: int = 0) -> np.ndarray:
+def balanced_sample(labels: np.ndarray, classes: int, per_class: int, *, seed: int = 0) -> np.ndarray:
     """Sorted row indices: up to `per_class` rows of each of the first `classes` classes."""
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)[:classes]]

@@ -83,7 +83,7 @@ def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: 
     x = train.rows(idx)  # [n, D]
     test_x = np.concatenate([b for _, b in test.row_blocks()])
     t = time.perf_counter()
-    fit = fit_predict(backend, center_normalize(x), train.labels[idx], center_normalize(test_x),
+    fit = fit_predict(backend, center_normalize(x), train.labels[idx], x_test=center_normalize(test_x),
                       C=1.0 / lambd, max_iter=max_iter, fit_intercept=False, device=device)
     top1, _ = score(fit.probs, fit.classes, test.labels.astype(np.int64))
     return {"encoder": train.encoder, "subset": subset_name(subset), "images": len(idx), "lambd": lambd,
@@ -112,7 +112,7 @@ def run(a: argparse.Namespace) -> list[dict]:
     """Fit every subset (those not in OUT/msn.csv yet) and record it."""
     backend = resolve(a.backend)
     device = str(pick_device(a.device)) if backend == "torch" else "cpu"
-    train, test = open_pair(a.store, a.encoder, a.train_split, a.test_split)
+    train, test = open_pair(a.store, a.encoder, a.train_split, test_split=a.test_split)
     train.require_finite()  # subsets read a few rows: check them all before anything is fit
     fit = lambda s: run_subset(train, test, s, lambd=a.lambd, max_iter=a.max_iter,  # noqa: E731
                                backend=backend, device=device)
@@ -122,7 +122,7 @@ def run(a: argparse.Namespace) -> list[dict]:
              "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
              "lambd": a.lambd, "max_iter": a.max_iter, "backend": backend}
     rows = []
-    with ResultFile.open(a.out, "msn", ident, vars(a)) as results:
+    with ResultFile.open(a.out, "msn", ident, settings=vars(a)) as results:
         for s in a.subset:
             if not results.has({"encoder": a.encoder, "subset": subset_name(s)}):
                 rows.append(fit(s))

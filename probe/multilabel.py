@@ -41,7 +41,7 @@ def voc07_average_precision(scores: np.ndarray, positive: np.ndarray) -> float:
                           for r in np.linspace(0, 1, 11)]))
 
 
-def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float,
+def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, *, x_test: np.ndarray, C: float,
                 max_iter: int, device: str = "cpu") -> np.ndarray:
     """Scores [N_test, C]: P(class c) from one binary logistic regression per class."""
     scores = np.zeros((len(x_test), y.shape[1]), dtype=np.float64)
@@ -49,7 +49,7 @@ def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, 
         if y[:, c].min() == y[:, c].max():  # a class with no positives (or no negatives) in train
             scores[:, c] = float(y[0, c])
             continue
-        fit = fit_predict(backend, x, y[:, c], x_test, C=C, max_iter=max_iter, device=device)
+        fit = fit_predict(backend, x, y[:, c], x_test=x_test, C=C, max_iter=max_iter, device=device)
         scores[:, c] = fit.probs[:, list(fit.classes).index(1)]
     return scores
 
@@ -72,7 +72,7 @@ def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, 
     with ResultFile.open(out, "multilabel", ident) as results:
         for C in (C for C in Cs if not results.has({"encoder": train.encoder, "C": C})):
             t = time.perf_counter()
-            scores = one_vs_rest(backend, tr.x, y, te.x, C=C, max_iter=max_iter, device=device)
+            scores = one_vs_rest(backend, tr.x, y, x_test=te.x, C=C, max_iter=max_iter, device=device)
             present = [c for c in range(y_test.shape[1]) if y_test[:, c].any()]
             row = {"encoder": train.encoder, "C": C,
                    "mAP": float(np.mean([average_precision_score(y_test[:, c], scores[:, c])

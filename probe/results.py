@@ -86,7 +86,7 @@ class ResultFile:
 
     @classmethod
     @contextmanager
-    def open(cls, out: Path, name: str, identity: dict, settings: dict | None = None
+    def open(cls, out: Path, name: str, identity: dict, *, settings: dict | None = None
              ) -> Iterator[ResultFile]:
         """Lock `out`, check (or record) `identity` in out/<name>.json, yield the file."""
         writable_dir(out, "--out")

@@ -44,7 +44,7 @@ class BatchFit:
 class _Problems:
     """The data of the problems still being solved, and their objective."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, binary: bool, intercept: bool):
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, *, binary: bool, intercept: bool):
         self.x, self.y, self.reg = x, y, reg  # [P, n, D], [P, n], [P]
         self.binary, self.intercept = binary, intercept
 
@@ -74,7 +74,7 @@ class _Problems:
         return f, (torch.cat([gw, g.sum(1)[..., None]], -1) if self.intercept else gw)
 
 
-def _direction(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, valid: torch.Tensor,
+def _direction(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, *, valid: torch.Tensor,
                newest: int) -> torch.Tensor:
     """-H g by the L-BFGS two-loop recursion, per problem; g [P, N], history s, y [P, m, N]
     in a ring whose newest slot is `newest`, `valid` [P, m] marking the pairs each problem kept."""
@@ -97,7 +97,7 @@ def _direction(g: torch.Tensor, s: torch.Tensor, y: torch.Tensor, valid: torch.T
     return -r
 
 
-def _line_search(problems: _Problems, theta, f, gflat, d, step):
+def _line_search(problems: _Problems, theta, f, *, gflat, d, step):
     """Backtracking Armijo search along d [P, N] from step [P]; (accepted [P], theta, f, g)."""
     gd = (gflat * d).sum(-1)
     accepted = torch.zeros_like(f, dtype=torch.bool)
@@ -114,7 +114,7 @@ def _line_search(problems: _Problems, theta, f, gflat, d, step):
     return accepted, new_theta, new_f, new_g
 
 
-def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, tol: float
+def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, *, tol: float
            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Solve every problem from theta [P, Kp, D(+1)]; (theta, n_iter [P], converged [P])."""
     p_total = theta.shape[0]
@@ -138,10 +138,10 @@ def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, tol: float
             problems.keep(keep)
             theta, f, g, ids, its = theta[keep], f[keep], g[keep], ids[keep], its[keep]
             hist_s, hist_y, valid = hist_s[keep], hist_y[keep], valid[keep]
-        d = _direction(g, hist_s, hist_y, valid, newest)
+        d = _direction(g, hist_s, hist_y, valid=valid, newest=newest)
         first = ~valid.any(-1)
         step = torch.where(first, (1 / g.norm(dim=-1)).clamp(max=1.0), torch.ones_like(f))
-        accepted, new_theta, new_f, new_g = _line_search(problems, theta, f, g, d, step)
+        accepted, new_theta, new_f, new_g = _line_search(problems, theta, f, gflat=g, d=d, step=step)
         s, y = (new_theta - theta).flatten(1), new_g - g
         newest = (newest + 1) % MEMORY
         keep_pair = accepted & ((s * y).sum(-1) > 1e-10 * (y * y).sum(-1))
@@ -154,7 +154,7 @@ def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, tol: float
     return out, n_iter, converged
 
 
-def fit_many(x: torch.Tensor, y: torch.Tensor, Cs: torch.Tensor, num_classes: int, *,
+def fit_many(x: torch.Tensor, y: torch.Tensor, Cs: torch.Tensor, *, num_classes: int,
              fit_intercept: bool = True, max_iter: int = 1000, tol: float = 1e-4) -> BatchFit:
     """Fit P problems: rows x [P, n, D] (float32 or float64, on any device), labels y [P, n]
     (0..K-1), inverse L2 weights Cs [P]."""
@@ -162,9 +162,9 @@ def fit_many(x: torch.Tensor, y: torch.Tensor, Cs: torch.Tensor, num_classes: in
     binary = num_classes == 2
     k = 1 if binary else num_classes
     reg = 1.0 / (Cs.to(x) * n)
-    problems = _Problems(x, y.long(), reg, binary, fit_intercept)
+    problems = _Problems(x, y.long(), reg, binary=binary, intercept=fit_intercept)
     theta = x.new_zeros(p, k, d + int(fit_intercept))
-    theta, n_iter, converged = _lbfgs(problems, theta, max_iter, tol)
+    theta, n_iter, converged = _lbfgs(problems, theta, max_iter, tol=tol)
     w, b = theta[..., :d], theta[..., d] if fit_intercept else None
     if binary:  # as K rows: class 0 at zero
         w = torch.cat([torch.zeros_like(w), w], 1)
@@ -178,7 +178,7 @@ def logits(fit: BatchFit, i: int, x: torch.Tensor) -> torch.Tensor:
     return z + fit.bias[i] if fit.bias is not None else z
 
 
-def score(fit: BatchFit, i: int, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def score(fit: BatchFit, i: int, x: torch.Tensor, *, y: torch.Tensor) -> tuple[float, float]:
     """(accuracy, log-likelihood) of problem i on rows x [N, D] with labels y [N] (0..K-1, -1 for
     a class the problem never saw), as scikit-learn's accuracy and -log_loss compute them
     (probabilities clipped to [eps, 1 - eps] of float64)."""
@@ -196,7 +196,7 @@ def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, m
     """One problem, scikit-learn style: (test probabilities [N, K], classes [K], iterations)."""
     classes, yi = np.unique(y, return_inverse=True)
     t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    fit = fit_many(t(x).to(dtype)[None], t(yi)[None], t(np.array([C])), len(classes),
+    fit = fit_many(t(x).to(dtype)[None], t(yi)[None], t(np.array([C])), num_classes=len(classes),
                    fit_intercept=fit_intercept, max_iter=max_iter, tol=tol)
     probs = torch.softmax(logits(fit, 0, t(x_test)).double(), -1)
     return probs.cpu().numpy(), classes, int(fit.n_iter[0])

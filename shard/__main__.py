@@ -123,14 +123,14 @@ def class_lists(args: argparse.Namespace, splits: dict[str, Path]
         classes = {name: find_classes(d) for name, d in splits.items()}
     if reference is not None:
         for name, found in classes.items():
-            check_subset(name, found, args.classes_from, reference)
+            check_subset(name, found, args.classes_from, reference=reference)
         return {name: reference for name in classes}, listed
     check_same_classes(classes)
     mine, first = next(iter(classes.items()))
     for other, theirs in done.items():
         if theirs != first:
             raise ScanError(f"{mine} has classes other than {other} already in {args.out}: "
-                            f"{difference(other, theirs, mine, first)}; if {mine} legitimately "
+                            f"{difference(other, theirs, mine, b=first)}; if {mine} legitimately "
                             f"lacks classes, shard it with --classes-from {other}")
     return classes, listed
 
@@ -147,7 +147,8 @@ def run(args: argparse.Namespace) -> list:
              args.workers)
     # fork: workers start with this process's imports (no CUDA here, no threads yet)
     with worker_pool(args.workers, method="fork") if args.workers > 1 else nullcontext() as pool:
-        return [shard_split(name, d, args.out, classes[name], settings, pool, args.strict, listed)
+        return [shard_split(name, d, args.out, classes=classes[name], settings=settings, pool=pool,
+                            strict=args.strict, listed=listed)
                 for name, d in splits.items()]
 
 

@@ -97,14 +97,14 @@ class ShardJob:
 
 def _write_job(job: ShardJob) -> ShardFile:
     samples = (
-        (key, jpeg_payload(src, v, job.quality, job.max_side), label)
+        (key, jpeg_payload(src, v, job.quality, max_side=job.max_side), label)
         for key, src, label, v in zip(job.keys, job.sources, job.labels, job.verdicts)
     )
     return write_shard(job.tar_path, samples)
 
 
 def plan_shards(
-    name: str, out: Path, split_dir: Path, kept: list[tuple[Candidate, Verdict]], settings: Settings
+    name: str, out: Path, split_dir: Path, *, kept: list[tuple[Candidate, Verdict]], settings: Settings
 ) -> list[ShardJob]:
     """Cut the kept samples into shards of `samples_per_shard`, in index order."""
     k = settings.samples_per_shard
@@ -146,7 +146,7 @@ def _finished(work: Path, job: ShardJob) -> ShardFile | None:
     return ShardFile(**rec["shard"]) if ok else None
 
 
-def write_shards(jobs: list[ShardJob], work: Path, pool: ProcessPoolExecutor | None,
+def write_shards(jobs: list[ShardJob], work: Path, pool: ProcessPoolExecutor | None, *,
                  desc: str) -> list[ShardFile]:
     """Write every shard that is not already finished; return all records in order."""
     done = {i: rec for i, job in enumerate(jobs) if (rec := _finished(work, job)) is not None}
@@ -175,7 +175,7 @@ def _samples_tsv(kept: list[tuple[Candidate, Verdict]]) -> bytes:
 
 
 def _manifest(
-    name: str, classes: list[str], settings: Settings, jobs: list[ShardJob], files: list[ShardFile],
+    name: str, classes: list[str], settings: Settings, *, jobs: list[ShardJob], files: list[ShardFile],
     cands: list[Candidate], verdicts: list[Verdict],
 ) -> dict:
     pairs = list(zip(cands, verdicts))
@@ -195,7 +195,7 @@ def _manifest(
     }
 
 
-def _check_settings(old: dict | None, settings: Settings, where: Path, what: str) -> None:
+def _check_settings(old: dict | None, settings: Settings, where: Path, *, what: str) -> None:
     """Refuse to mix runs made with different settings in one output folder."""
     if old is not None and old != asdict(settings):
         raise UserError(
@@ -214,7 +214,7 @@ def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) ->
 
 
 def shard_split(
-    name: str, split_dir: Path, out: Path, classes: list[str], settings: Settings,
+    name: str, split_dir: Path, out: Path, *, classes: list[str], settings: Settings,
     pool: ProcessPoolExecutor | None, strict: bool = False, listed: list[Candidate] | None = None,
 ) -> Summary:
     """Validate and shard one split into `out/name`, resuming whatever an earlier run left.
@@ -223,7 +223,7 @@ def shard_split(
     dest = out / name
     if (dest / MANIFEST).exists():
         m = read_manifest(dest / MANIFEST)
-        _check_settings(m.get("settings"), settings, dest, "the finished split")
+        _check_settings(m.get("settings"), settings, dest, what="the finished split")
         log.info("%s: already complete (%s), nothing to do", name, dest / MANIFEST)
         size = sum(s["bytes"] for s in m["shards"])
         return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"],
@@ -233,16 +233,17 @@ def shard_split(
     with exclusive(work / "lock", f"split {dest}"):
         previous = work / "settings.json"
         old = json.loads(previous.read_text())["settings"] if previous.exists() else None
-        _check_settings(old, settings, dest, "an unfinished run")
+        _check_settings(old, settings, dest, what="an unfinished run")
         write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
         cands = listed if listed is not None else list_candidates(split_dir, classes)
-        verdicts = validate(split_dir, cands, work, settings.max_side, pool, settings.validate)
+        verdicts = validate(split_dir, cands, work, max_side=settings.max_side, pool=pool,
+                            how=settings.validate)
         if strict:
             _strict_check(name, cands, verdicts)
         kept = [(c, v) for c, v in zip(cands, verdicts) if v.status != SKIP]
-        jobs = plan_shards(name, dest, split_dir, kept, settings)
-        files = write_shards(jobs, work, pool, name)
-        manifest = _manifest(name, classes, settings, jobs, files, cands, verdicts)
+        jobs = plan_shards(name, dest, split_dir, kept=kept, settings=settings)
+        files = write_shards(jobs, work, pool, desc=name)
+        manifest = _manifest(name, classes, settings, jobs=jobs, files=files, cands=cands, verdicts=verdicts)
         manifest["multilabel"] = listed is not None
         write_atomic(dest / SAMPLES, _samples_tsv(kept))
         write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())

@@ -93,7 +93,7 @@ def check_image(path: str, max_side: int | None = None, validate: str = "fast") 
     return Verdict(REPAIR, "; ".join(actions)) if actions else Verdict(KEEP)
 
 
-def jpeg_payload(path: str, verdict: Verdict, quality: int, max_side: int | None) -> bytes:
+def jpeg_payload(path: str, verdict: Verdict, quality: int, *, max_side: int | None) -> bytes:
     """The bytes a sample stores: the file itself when kept, a fresh RGB JPEG when repaired."""
     if verdict.status not in (KEEP, REPAIR):
         raise ValueError(f"{path}: a skipped file has no payload ({verdict.detail})")

@@ -35,7 +35,7 @@ class _Unusual(Exception):
 
 
 class _Frame:
-    def __init__(self, progressive: bool, width: int, height: int, comps: dict[int, tuple[int, int, int]]):
+    def __init__(self, progressive: bool, width: int, height: int, *, comps: dict[int, tuple[int, int, int]]):
         self.progressive, self.width, self.height, self.comps = progressive, width, height, comps
         self.max_h = max(h for h, _, _ in comps.values())
         self.max_v = max(v for _, v, _ in comps.values())
@@ -92,13 +92,13 @@ def _sof(marker: int, seg: bytes, quant: set[int]) -> _Frame:
         h, v = hv >> 4, hv & 15
         _check(cid not in comps and 1 <= h <= 4 and 1 <= v <= 4 and tq < 4)
         comps[cid] = (h, v, tq)
-    frame = _Frame(HUFFMAN_FRAMES[marker], width, height, comps)
+    frame = _Frame(HUFFMAN_FRAMES[marker], width, height, comps=comps)
     # libjpeg upsamples only by whole factors
     _check(all(frame.max_h % h == 0 and frame.max_v % v == 0 for h, v, _ in comps.values()))
     return frame
 
 
-def _sos(seg: bytes, frame: _Frame | None, quant: set[int], huff: set[tuple[int, int]],
+def _sos(seg: bytes, frame: _Frame | None, quant: set[int], *, huff: set[tuple[int, int]],
          seen: dict[int, bool]) -> None:
     """One scan header, checked as libjpeg checks it; `seen` records which components got DC."""
     _check(frame is not None and len(seg) >= 1)
@@ -167,7 +167,7 @@ def _walk(data: bytes, max_pixels: int, max_side: int | None) -> tuple[int, int]
         elif marker == DRI:
             _check(length == 4)
         elif marker == SOS:
-            _sos(seg, frame, quant, huff, dc_seen)
+            _sos(seg, frame, quant, huff=huff, seen=dc_seen)
             pos = _scan_end(data, pos)
         elif marker in (0xDC, 0xDE, 0xDF):
             raise _Unusual  # DNL, hierarchical markers (an Adobe APP14 is fine: 4 components are not)

@@ -126,10 +126,10 @@ def check_same_classes(classes: dict[str, list[str]]) -> None:
     for name, other in others:
         if other != reference:
             raise ScanError(f"splits {first} and {name} have different classes: "
-                            f"{difference(first, reference, name, other)}")
+                            f"{difference(first, reference, name, b=other)}")
 
 
-def check_subset(name: str, classes: list[str], source: str, reference: list[str]) -> None:
+def check_subset(name: str, classes: list[str], source: str, *, reference: list[str]) -> None:
     """A split given another split's class list (--classes-from) may lack classes, not add any."""
     extra = sorted(set(classes) - set(reference))
     if extra:
@@ -157,7 +157,7 @@ def read_label_list(list_file: Path, classes: list[str] | None = None
         raise ScanError(f"{list_file}: no samples listed")
     named = sorted({name for _, labels in rows for name in labels})
     if classes is not None:
-        check_subset(str(list_file), named, "the given class list", classes)
+        check_subset(str(list_file), named, "the given class list", reference=classes)
     classes = named if classes is None else classes
     index = {c: i for i, c in enumerate(classes)}
     return classes, [Candidate(p, ",".join(str(i) for i in sorted({index[x] for x in labels})))

@@ -69,14 +69,14 @@ def _check(args: tuple[list[str], int | None, str]) -> list[Verdict]:
     return [check_image(p, max_side, how) for p in paths]
 
 
-def _checked(jobs: list[str], max_side: int | None, how: str, pool: ProcessPoolExecutor | None):
+def _checked(jobs: list[str], max_side: int | None, how: str, *, pool: ProcessPoolExecutor | None):
     """check_image of every path, in order, CHUNK paths a task."""
     chunks = [(jobs[i : i + CHUNK], max_side, how) for i in range(0, len(jobs), CHUNK)]
     for verdicts in ordered_map(pool, _check, chunks):
         yield from verdicts
 
 
-def validate(split_dir: Path, cands: list[Candidate], work: Path, max_side: int | None,
+def validate(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: int | None,
              pool: ProcessPoolExecutor | None, how: str = "fast") -> list[Verdict]:
     """A verdict per candidate, checking only files the journal has not seen unchanged."""
     journal_path = work / JOURNAL
@@ -96,7 +96,7 @@ def validate(split_dir: Path, cands: list[Candidate], work: Path, max_side: int 
     jobs = [str(split_dir / cands[i].path) for i, _ in todo]
     bar = tqdm(total=len(jobs), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
     with open(journal_path, "a", encoding="utf-8") as journal, bar:
-        for (i, ident), v in zip(todo, _checked(jobs, max_side, how, pool)):
+        for (i, ident), v in zip(todo, _checked(jobs, max_side, how, pool=pool)):
             verdicts[i] = v
             if ident is not None:
                 journal.write(f"{cands[i].path}\t{ident}\t{v.status}\t{_clean(v.detail)}\n")

@@ -88,10 +88,10 @@ def check_webdataset(split: Split, labels: list[str]) -> list[str]:
         got.append(sample["cls"].decode())
         if not sample.get("jpg"):
             return [f"webdataset: sample {sample['__key__']} has no jpg"]
-    return _compare("webdataset", split, labels, keys, got)
+    return _compare("webdataset", split, labels, keys=keys, got=got)
 
 
-def _compare(reader: str, split: Split, labels: list[str], keys: list, got: list) -> list[str]:
+def _compare(reader: str, split: Split, labels: list[str], *, keys: list, got: list) -> list[str]:
     want_keys = [split.key(i) for i in range(split.num_samples)]
     if keys != want_keys:
         return [f"{reader}: read {len(keys)} samples with keys that differ from the manifest's "
@@ -102,7 +102,7 @@ def _compare(reader: str, split: Split, labels: list[str], keys: list, got: list
     return []
 
 
-def check_dali(split: Split, labels: list[str], decode: bool, batch: int = 64) -> list[str]:
+def check_dali(split: Split, labels: list[str], decode: bool, *, batch: int = 64) -> list[str]:
     """Read every sample through DALI's webdataset reader on the CPU (and decode it)."""
     from nvidia.dali import fn, pipeline_def
 
@@ -125,7 +125,7 @@ def check_dali(split: Split, labels: list[str], decode: bool, batch: int = 64) -
     except RuntimeError as e:
         return [f"DALI: {str(e).splitlines()[0]}"]
     n = split.num_samples
-    return _compare("DALI", split, labels, keys[:n], got[:n])
+    return _compare("DALI", split, labels, keys=keys[:n], got=got[:n])
 
 
 def verify_split(split: Split, decode: bool = False) -> list[str]:

@@ -26,7 +26,7 @@ def test_model_has_msn_parameter_names_and_shapes(name):
     spec = get_spec(name)
     with torch.device("meta"):
         ours = build_model(spec).state_dict()
-        ref = ReferenceViT(spec.patch, spec.dim, spec.depth, spec.heads).state_dict()
+        ref = ReferenceViT(spec.patch, spec.dim, depth=spec.depth, heads=spec.heads).state_dict()
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in ref.items()}
     assert ours["pos_embed"].shape == (1, (224 // spec.patch) ** 2 + 1, spec.dim)
     assert spec.preprocess.resize == 256 and spec.preprocess.crop == 224
@@ -40,7 +40,7 @@ def test_unknown_name_lists_close_matches():
 def test_kinds_against_a_plain_vit():
     spec = get_spec("vits16_800ep")
     vit = random_model(spec).eval()
-    ref = ReferenceViT(spec.patch, spec.dim, spec.depth, spec.heads).eval()
+    ref = ReferenceViT(spec.patch, spec.dim, depth=spec.depth, heads=spec.heads).eval()
     ref.load_state_dict(vit.state_dict(), strict=False)
     ref.norm.load_state_dict(vit.norm.state_dict())
     x = torch.randn(3, 3, 224, 224)

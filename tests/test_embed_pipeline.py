@@ -19,8 +19,8 @@ def split(embed_shards):
 
 
 def _all(split, batch, decoder="dali"):
-    return list(batches(decoder, split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
-                        Preprocess(), batch, torch.device("cpu"), threads=1))
+    return list(batches(decoder, split.tar_paths(), split.idx_paths(), order=np.arange(split.num_samples),
+                        pre=Preprocess(), batch_size=batch, device=torch.device("cpu"), threads=1))
 
 
 @pytest.mark.parametrize("decoder", ["dali", "torchvision", "torchvision-cpu"])
@@ -48,8 +48,9 @@ def test_indices_come_from_keys_and_padding_is_marked(split, decoder):
 
 @pytest.mark.gpu
 def test_nvjpeg_pixels_stay_within_a_few_grey_levels_of_pil(split):
-    got = list(batches("torchvision", split.tar_paths(), split.idx_paths(), np.arange(split.num_samples),
-                       Preprocess(), 6, torch.device("cuda"), threads=2))
+    got = list(batches("torchvision", split.tar_paths(), split.idx_paths(),
+                       order=np.arange(split.num_samples),
+                       pre=Preprocess(), batch_size=6, device=torch.device("cuda"), threads=2))
     images = torch.cat([b.images for b in got]).cpu()
     indices = np.concatenate([b.indices for b in got])
     src = split.dir.parent.parent

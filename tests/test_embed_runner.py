@@ -35,13 +35,13 @@ def test_run_chunked_halves_until_it_fits_and_keeps_the_size():
         return c * 2
 
     x = torch.arange(10.0)[:, None]
-    out, chunk = run_chunked(fn, x, 1 << 30, "test")
+    out, chunk = run_chunked(fn, x, 1 << 30, what="test")
     assert torch.equal(out, x * 2) and chunk == 2
     assert calls[:3] == [10, 5, 2]  # the whole batch, half of it, then halves of the rest
-    out, chunk = run_chunked(fn, x, chunk, "test")  # the next batch starts at the size that worked
+    out, chunk = run_chunked(fn, x, chunk, what="test")  # the next batch starts at the size that worked
     assert torch.equal(out, x * 2) and set(calls[-5:]) == {2}
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_chunked(lambda c: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")), x, 4, "test")
+        run_chunked(lambda c: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("x")), x, 4, what="test")
 
 
 def _runner(limit: int, drift: int = 0) -> tuple[EncoderRunner, torch.nn.Module]:

@@ -13,7 +13,8 @@ from embed.info import main as info_main
 
 def _group(tmp_path, n=10, d=4, k=4, attrs=None):
     layout = store.Layout(n, d, k, store.num_shards(n, k))
-    g = store.create_group(tmp_path / "s.zarr", "enc", "val", layout, attrs or {"identity": {"a": 1}})
+    g = store.create_group(tmp_path / "s.zarr", "enc", "val", layout=layout,
+                           attrs=attrs or {"identity": {"a": 1}})
     return g, layout
 
 
@@ -21,8 +22,8 @@ def _fill(g, rows, k=4):
     n = len(rows)
     for s, lo in enumerate(range(0, n, k)):
         hi = min(n, lo + k)
-        store.write_shard(g, s, lo, rows[lo:hi], np.arange(lo, hi, dtype=np.int32) % 3,
-                          [f"c/{i}.jpg" for i in range(lo, hi)])
+        store.write_shard(g, s, lo, rows=rows[lo:hi], labels=np.arange(lo, hi, dtype=np.int32) % 3,
+                          paths=[f"c/{i}.jpg" for i in range(lo, hi)])
 
 
 def test_chunks_align_with_shards_and_carry_checksums(tmp_path):
@@ -41,7 +42,8 @@ def test_rows_done_and_complete(tmp_path):
         with pytest.raises(store.StoreError, match=rf"incomplete \({s} of 3 shards"):
             store.open_embeddings(tmp_path / "s.zarr", "enc", "val")
         hi = min(10, lo + 4)
-        store.write_shard(g, s, lo, rows[lo:hi], np.arange(lo, hi) % 3, [f"c/{i}.jpg" for i in range(lo, hi)])
+        store.write_shard(g, s, lo, rows=rows[lo:hi], labels=np.arange(lo, hi) % 3,
+                          paths=[f"c/{i}.jpg" for i in range(lo, hi)])
     assert store.mark_complete_if_done(g)
     e = store.open_embeddings(tmp_path / "s.zarr", "enc", "val")
     np.testing.assert_array_equal(e.embeddings[:], rows)
@@ -57,7 +59,7 @@ def test_non_finite_rows_are_never_written_nor_read(tmp_path):
     rows = np.ones((4, 4), np.float32)
     rows[2, 1] = np.inf
     with pytest.raises(store.StoreError, match=r"shard 1: 1 of 4 rows are not finite .*sample 6 \(c/6.jpg\)"):
-        store.write_shard(g, 1, 4, rows, np.zeros(4), [f"c/{i}.jpg" for i in range(4, 8)])
+        store.write_shard(g, 1, 4, rows=rows, labels=np.zeros(4), paths=[f"c/{i}.jpg" for i in range(4, 8)])
     assert not store.done_shards(g)[1]
     g["embeddings"][4:8] = rows  # as damage or an older writer could leave it
     _fill(g, np.ones((10, 4), np.float32))
@@ -100,7 +102,8 @@ def test_creation_is_atomic_and_overwrite_replaces_the_whole_group(tmp_path, mon
     g, layout = _group(tmp_path, attrs={"identity": {"a": 1}, "stale": True})
     with pytest.raises(store.StoreError, match="enc/val already exists; pass --overwrite"):
         _group(tmp_path)
-    g2 = store.create_group(tmp_path / "s.zarr", "enc", "val", store.Layout(5, 3, 4, 2), {"identity": {}},
+    g2 = store.create_group(tmp_path / "s.zarr", "enc", "val", layout=store.Layout(5, 3, 4, 2),
+                            attrs={"identity": {}},
                             overwrite=True)
     assert g2["embeddings"].shape == (5, 3) and "stale" not in g2.attrs
     assert store.list_groups(tmp_path / "s.zarr") == [("enc", "val")]

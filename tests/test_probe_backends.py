@@ -36,7 +36,7 @@ def scipy_fit(x, y, C, fit_intercept=True):
 def test_backends_solve_the_stated_objective(backend, C, fit_intercept):
     x, y = gaussian_mixture(6, 5, 8, seed=1)
     xt, _ = gaussian_mixture(20, 5, 8, seed=2)
-    fit = fit_predict(backend, x, y, xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
+    fit = fit_predict(backend, x, y, x_test=xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
     probs, classes = fit.probs, fit.classes
     assert classes.tolist() == [0, 1, 2, 3, 4] and fit.n_iter > 5
     np.testing.assert_allclose(probs, scipy_fit(x, y, C, fit_intercept)(xt), atol=1e-2)
@@ -60,7 +60,8 @@ def test_cuml_agrees_with_sklearn():
     pytest.importorskip("cuml")
     x, y = gaussian_mixture(10, 20, 64, seed=3)
     xt, yt = gaussian_mixture(30, 20, 64, seed=3)
-    p1 = fit_predict("sklearn", x, y, xt, C=1.0, max_iter=1000).probs
-    p2 = fit_predict("cuml", x.astype(np.float32), y, xt.astype(np.float32), C=1.0, max_iter=1000).probs
+    p1 = fit_predict("sklearn", x, y, x_test=xt, C=1.0, max_iter=1000).probs
+    p2 = fit_predict("cuml", x.astype(np.float32), y, x_test=xt.astype(np.float32), C=1.0,
+                     max_iter=1000).probs
     assert abs((p1.argmax(1) == yt).mean() - (p2.argmax(1) == yt).mean()) <= 0.005
     np.testing.assert_allclose(p1, p2, atol=0.02)

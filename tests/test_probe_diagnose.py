@@ -84,7 +84,7 @@ def test_knn_sweep_against_brute_force(store, mode):
     if mode != "plain":
         trx, tex = unit(trx), unit(tex)
     acc = knn_sweep(tr, torch.from_numpy(np.asarray(te.embeddings[:])),
-                    torch.from_numpy(te.labels.astype(np.int64)), mode, max_k=15)
+                    torch.from_numpy(te.labels.astype(np.int64)), mode=mode, max_k=15)
     for k in (1, 4, 15):
         assert acc[k - 1] == pytest.approx(brute_knn(trx, tr.labels, tex, te.labels, k), abs=1e-9)
 
@@ -93,7 +93,7 @@ def test_knn_on_random_features_is_chance(tmp_path):
     store = random_store(tmp_path, 1500, 600, 16, seed=3)
     tr, te = open_embeddings(store, "r", "train"), open_embeddings(store, "r", "val")
     acc = knn_sweep(tr, torch.from_numpy(np.asarray(te.embeddings[:])),
-                    torch.from_numpy(te.labels.astype(np.int64)), "norm", max_k=101)
+                    torch.from_numpy(te.labels.astype(np.int64)), mode="norm", max_k=101)
     assert np.abs(acc[[0, 10, 50, 100]] - 0.1).max() < 0.05
 
 

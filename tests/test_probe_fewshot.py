@@ -48,7 +48,7 @@ def test_statistics_and_rows(store):
     np.testing.assert_allclose(mean, x.mean(0, keepdims=True), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(std, x.std(0, keepdims=True), rtol=1e-5)
     idx = np.array([7, 3, 250, 3])
-    np.testing.assert_allclose(read_rows(e, idx, mean, std), (x[idx] - mean) / std, rtol=1e-5)
+    np.testing.assert_allclose(read_rows(e, idx, mean, std=std), (x[idx] - mean) / std, rtol=1e-5)
 
 
 def test_accuracy_matches_the_reference_script(store, tmp_path):
@@ -61,7 +61,7 @@ def test_accuracy_matches_the_reference_script(store, tmp_path):
     tr, te = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
     for seed in range(3):
         ref = reference_curve(np.asarray(tr.embeddings[:]), tr.labels, np.asarray(te.embeddings[:]),
-                              te.labels, seed=seed, n_labels_end=40)
+                              test_y=te.labels, seed=seed, n_labels_end=40)
         ours = [r for r in rows if int(r["seed"]) == seed]
         assert [int(r["n_labels"]) for r in ours] == [r["n_labels"] for r in ref] == [10, 20, 30, 40]
         for o, r in zip(ours, ref):

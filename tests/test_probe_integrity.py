@@ -152,10 +152,10 @@ def test_diagnose_leaves_out_incomplete_groups_and_other_shards(clean, tmp_path)
     s = tmp_path / "d.zarr"
     shutil.copytree(clean, s)
     for enc, sha in (("same", "abc"), ("half", "abc"), ("other", "xyz")):
-        g = store.create_group(s, enc, "val", store.Layout(24, 5, 1000, 1), {"identity": {}})
+        g = store.create_group(s, enc, "val", layout=store.Layout(24, 5, 1000, 1), attrs={"identity": {}})
         if enc != "half":
             rows = np.random.default_rng(0).normal(size=(24, 5)).astype(np.float32)
-            store.write_shard(g, 0, 0, rows, np.zeros(24), [""] * 24)
+            store.write_shard(g, 0, 0, rows=rows, labels=np.zeros(24), paths=[""] * 24)
             store.mark_complete_if_done(g)
         g.attrs.update({"shards_manifest_sha256": sha})
     store.open_group(s, "toy", "val", mode="a").attrs.update({"shards_manifest_sha256": "abc"})

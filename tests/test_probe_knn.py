@@ -31,7 +31,7 @@ def store(tmp_path_factory):
 
 def test_matches_brute_force(store):
     tr, te = open_embeddings(store, "toy", "train"), open_embeddings(store, "toy", "val")
-    rows = evaluate(tr, te, (1, 5, 20), 0.07, torch.device("cpu"))
+    rows = evaluate(tr, te, (1, 5, 20), temperature=0.07, device=torch.device("cpu"))
     for r in rows:
         want = brute_force(np.asarray(tr.embeddings[:]), tr.labels, np.asarray(te.embeddings[:]),
                            te.labels, r["k"], 0.07, 8)
@@ -61,7 +61,7 @@ def test_running_top_k_over_small_blocks_equals_one_block(store):
 def test_random_features_give_chance(tmp_path):
     store = random_store(tmp_path, 2000, 1000, 32, seed=0)
     tr, te = open_embeddings(store, "r", "train"), open_embeddings(store, "r", "val")
-    r = evaluate(tr, te, (20,), 0.07, torch.device("cpu"))[0]
+    r = evaluate(tr, te, (20,), temperature=0.07, device=torch.device("cpu"))[0]
     assert abs(r["top1"] - 0.1) < 0.04 and abs(r["top5"] - 0.5) < 0.06
 
 

@@ -79,9 +79,10 @@ def test_float32_stays_near_the_float64_solution(store):
                      for i in (0, 2, 4)])
     got = {}
     for dtype in (torch.float64, torch.float32):
-        fit = fit_many(torch.tensor(x[pick], dtype=dtype), torch.tensor(y[pick]), torch.ones(3), 20, tol=1e-8,
+        fit = fit_many(torch.tensor(x[pick], dtype=dtype), torch.tensor(y[pick]), torch.ones(3),
+                       num_classes=20, tol=1e-8,
                        max_iter=5000)
-        got[dtype] = [score(fit, i, torch.tensor(xt), torch.tensor(te.labels)) for i in range(3)]
+        got[dtype] = [score(fit, i, torch.tensor(xt), y=torch.tensor(te.labels)) for i in range(3)]
         assert fit.converged.all()
     for (a64, l64), (a32, l32) in zip(got[torch.float64], got[torch.float32]):
         assert abs(a64 - a32) <= 0.005 and abs(l64 - l32) <= 0.01

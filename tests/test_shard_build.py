@@ -71,7 +71,7 @@ def test_samples_follow_imagefolder_order(sharded):
 
 
 def expected_payloads(root: Path, split) -> list[bytes]:
-    return [jpeg_payload(str(p), check_image(str(p)), 95, None)
+    return [jpeg_payload(str(p), check_image(str(p)), 95, max_side=None)
             for p in (root / split.name / rel for rel in split.paths())]
 
 

@@ -58,7 +58,7 @@ def test_skips_say_why(zoo, rel, reason):
     v = check_image(str(root / rel))
     assert v.status == SKIP and v.detail.startswith(reason)
     with pytest.raises(ValueError, match="skipped file has no payload"):
-        jpeg_payload(str(root / rel), v, 95, None)
+        jpeg_payload(str(root / rel), v, 95, max_side=None)
 
 
 def test_decompression_bomb_is_skipped(tmp_path, monkeypatch):
