@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 
@@ -56,6 +56,14 @@ def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
     die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)
+
+
+def result(future: Future):
+    """A pool task's result; a dead worker raises a clear error, never hangs."""
+    try:
+        return future.result()
+    except BrokenProcessPool as e:
+        raise RuntimeError("a worker process died (out of memory or killed?)") from e
 
 
 def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, *,

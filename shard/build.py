@@ -23,20 +23,20 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
 from msnpipe.files import exclusive, write_atomic
-from msnpipe.pool import ordered_map
+from msnpipe.pool import result
 from msnpipe.runtime import UserError
 from shard import FORMAT
 from shard.images import REPAIR, SKIP, Verdict, jpeg_payload
 from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, read_manifest
 from shard.scan import Candidate, list_candidates
-from shard.validate import validate
+from shard.validate import verdicts
 from shard.writer import ShardFile, write_shard
 
 log = logging.getLogger("shard")
@@ -103,28 +103,26 @@ def _write_job(job: ShardJob) -> ShardFile:
     return write_shard(job.tar_path, samples)
 
 
-def plan_shards(
-    name: str, out: Path, split_dir: Path, *, kept: list[tuple[Candidate, Verdict]], settings: Settings
-) -> list[ShardJob]:
-    """Cut the kept samples into shards of `samples_per_shard`, in index order."""
-    k = settings.samples_per_shard
-    digits = max(8, len(str(max(len(kept) - 1, 0))))
-    shard_digits = max(6, len(str(max((len(kept) - 1) // k, 0))))
-    jobs = []
-    for s, start in enumerate(range(0, len(kept), k)):
-        part = kept[start : start + k]
-        jobs.append(
-            ShardJob(
-                tar_path=out / f"{name}-{s:0{shard_digits}d}.tar",
-                keys=[f"{start + j:0{digits}d}" for j in range(len(part))],
-                sources=[str(split_dir / c.path) for c, _ in part],
-                labels=[c.label for c, _ in part],
-                verdicts=[v for _, v in part],
-                quality=settings.quality,
-                max_side=settings.max_side,
-            )
-        )
-    return jobs
+def key_digits(candidates: int, samples_per_shard: int) -> tuple[int, int]:
+    """(digits of a sample key, digits of a shard number), at least 8 and 6, sized by the number
+    of candidate files so that shards can be cut before every verdict is in."""
+    last = max(candidates - 1, 0)
+    return max(8, len(str(last))), max(6, len(str(last // samples_per_shard)))
+
+
+def plan_shard(name: str, out: Path, split_dir: Path, *, index: int, part: list[tuple[Candidate, Verdict]],
+               settings: Settings, digits: tuple[int, int]) -> ShardJob:
+    """Shard `index` of the split: samples [index * K, index * K + len(part))."""
+    start = index * settings.samples_per_shard
+    return ShardJob(
+        tar_path=out / f"{name}-{index:0{digits[1]}d}.tar",
+        keys=[f"{start + j:0{digits[0]}d}" for j in range(len(part))],
+        sources=[str(split_dir / c.path) for c, _ in part],
+        labels=[c.label for c, _ in part],
+        verdicts=[v for _, v in part],
+        quality=settings.quality,
+        max_side=settings.max_side,
+    )
 
 
 def _record_path(work: Path, job: ShardJob) -> Path:
@@ -146,21 +144,61 @@ def _finished(work: Path, job: ShardJob) -> ShardFile | None:
     return ShardFile(**rec["shard"]) if ok else None
 
 
-def write_shards(jobs: list[ShardJob], work: Path, pool: ProcessPoolExecutor | None, *,
-                 desc: str) -> list[ShardFile]:
-    """Write every shard that is not already finished; return all records in order."""
-    done = {i: rec for i, job in enumerate(jobs) if (rec := _finished(work, job)) is not None}
-    if done:
-        log.info("%s: %d of %d shards already written", desc, len(done), len(jobs))
-    todo = [i for i in range(len(jobs)) if i not in done]
-    total = sum(len(jobs[i].keys) for i in todo)
-    with tqdm(total=total, desc=f"write {desc}", unit="img", smoothing=0.1) as bar:
-        for i, rec in zip(todo, ordered_map(pool, _write_job, [jobs[i] for i in todo])):
-            record = {"fingerprint": jobs[i].fingerprint(), "shard": asdict(rec)}
-            write_atomic(_record_path(work, jobs[i]), json.dumps(record).encode())
-            done[i] = rec
-            bar.update(rec.num_samples)
-    return [done[i] for i in range(len(jobs))]
+class ShardWriter:
+    """Cuts kept samples into shards as their verdicts come in and writes each in the pool as soon
+    as it is full (the files still in the page cache); a shard's record is written only once the
+    shard is, and shards an earlier run finished are not written again."""
+
+    def __init__(self, name: str, dest: Path, split_dir: Path, *, work: Path, settings: Settings,
+                 pool: ProcessPoolExecutor | None, candidates: int):
+        self.name, self.dest, self.split_dir, self.work = name, dest, split_dir, work
+        self.settings, self.pool = settings, pool
+        self.digits = key_digits(candidates, settings.samples_per_shard)
+        self.kept: list[tuple[Candidate, Verdict]] = []
+        self.jobs: list[ShardJob] = []
+        self.files: list[ShardFile] = []
+        self.pending: list[tuple[bool, Future | ShardFile]] = []  # (written before?, shard)
+        self.bar = tqdm(desc=f"write {name}", unit="img", smoothing=0.1)
+
+    def add(self, cand: Candidate, verdict: Verdict) -> None:
+        if verdict.status != SKIP:
+            self.kept.append((cand, verdict))
+        k = self.settings.samples_per_shard
+        if len(self.kept) == (len(self.jobs) + 1) * k:
+            self._cut()
+        self._record(wait=False)
+
+    def _cut(self) -> None:
+        k = self.settings.samples_per_shard
+        part = self.kept[len(self.jobs) * k : (len(self.jobs) + 1) * k]
+        job = plan_shard(self.name, self.dest, self.split_dir, index=len(self.jobs), part=part,
+                         settings=self.settings, digits=self.digits)
+        self.jobs.append(job)
+        if (done := _finished(self.work, job)) is not None:
+            self.pending.append((True, done))
+        else:
+            self.pending.append((False, self.pool.submit(_write_job, job) if self.pool else _write_job(job)))
+
+    def _record(self, wait: bool) -> None:
+        """Record the shards written so far, in order (all of them with `wait`)."""
+        while len(self.files) < len(self.pending):
+            before, p = self.pending[len(self.files)]
+            if isinstance(p, Future) and not (wait or p.done()):
+                return
+            rec, job = result(p) if isinstance(p, Future) else p, self.jobs[len(self.files)]
+            if not before:
+                record = {"fingerprint": job.fingerprint(), "shard": asdict(rec)}
+                write_atomic(_record_path(self.work, job), json.dumps(record).encode())
+            self.files.append(rec)
+            self.bar.update(rec.num_samples)
+
+    def finish(self) -> list[ShardFile]:
+        """Cut the last, partial shard; wait for every shard; their records in order."""
+        if len(self.kept) > len(self.jobs) * self.settings.samples_per_shard:
+            self._cut()
+        self._record(wait=True)
+        self.bar.close()
+        return self.files
 
 
 # -- the split as a whole -------------------------------------------------------------------
@@ -236,16 +274,22 @@ def shard_split(
         _check_settings(old, settings, dest, what="an unfinished run")
         write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
         cands = listed if listed is not None else list_candidates(split_dir, classes)
-        verdicts = validate(split_dir, cands, work, max_side=settings.max_side, pool=pool,
-                            how=settings.validate)
-        if strict:
-            _strict_check(name, cands, verdicts)
-        kept = [(c, v) for c, v in zip(cands, verdicts) if v.status != SKIP]
-        jobs = plan_shards(name, dest, split_dir, kept=kept, settings=settings)
-        files = write_shards(jobs, work, pool, desc=name)
-        manifest = _manifest(name, classes, settings, jobs=jobs, files=files, cands=cands, verdicts=verdicts)
+        stream = verdicts(split_dir, cands, work, max_side=settings.max_side, pool=pool,
+                          how=settings.validate)
+        if strict:  # every verdict before any shard
+            stream = list(stream)
+            _strict_check(name, cands, stream)
+        writer = ShardWriter(name, dest, split_dir, work=work, settings=settings, pool=pool,
+                             candidates=len(cands))
+        seen = []
+        for c, v in zip(cands, stream):
+            seen.append(v)
+            writer.add(c, v)
+        files = writer.finish()
+        manifest = _manifest(name, classes, settings, jobs=writer.jobs, files=files, cands=cands,
+                             verdicts=seen)
         manifest["multilabel"] = listed is not None
-        write_atomic(dest / SAMPLES, _samples_tsv(kept))
+        write_atomic(dest / SAMPLES, _samples_tsv(writer.kept))
         write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
     shutil.rmtree(work)
     return Summary(name, manifest["num_samples"], len(files), manifest["skipped"],

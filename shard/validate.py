@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -76,29 +77,40 @@ def _checked(jobs: list[str], max_side: int | None, how: str, *, pool: ProcessPo
         yield from verdicts
 
 
-def validate(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: int | None,
-             pool: ProcessPoolExecutor | None, how: str = "fast") -> list[Verdict]:
-    """A verdict per candidate, checking only files the journal has not seen unchanged."""
+def verdicts(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: int | None,
+             pool: ProcessPoolExecutor | None, how: str = "fast") -> Iterator[Verdict]:
+    """A verdict per candidate, in order, as they come: from the journal for files it has seen
+    unchanged, else checked in the pool and journaled."""
     journal_path = work / JOURNAL
     seen = read_journal(journal_path)
-    verdicts: dict[int, Verdict] = {}
+    known: dict[int, Verdict] = {}
     todo = []
     for i, c in enumerate(cands):
-        known, ident = _known(split_dir, c)
-        if known is None and ident is not None and (c.path, ident) in seen:
-            known = seen[(c.path, ident)]
-        if known is not None:
-            verdicts[i] = known
+        verdict, ident = _known(split_dir, c)
+        if verdict is None and ident is not None and (c.path, ident) in seen:
+            verdict = seen[(c.path, ident)]
+        if verdict is not None:
+            known[i] = verdict
         else:
             todo.append((i, ident))
-    if verdicts:
-        log.info("%s: %d of %d files already validated", split_dir.name, len(verdicts), len(cands))
-    jobs = [str(split_dir / cands[i].path) for i, _ in todo]
-    bar = tqdm(total=len(jobs), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
+    if known:
+        log.info("%s: %d of %d files already validated", split_dir.name, len(known), len(cands))
+    checked = _checked([str(split_dir / cands[i].path) for i, _ in todo], max_side, how, pool=pool)
+    idents = dict(todo)
+    bar = tqdm(total=len(todo), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
     with open(journal_path, "a", encoding="utf-8") as journal, bar:
-        for (i, ident), v in zip(todo, _checked(jobs, max_side, how, pool=pool)):
-            verdicts[i] = v
-            if ident is not None:
-                journal.write(f"{cands[i].path}\t{ident}\t{v.status}\t{_clean(v.detail)}\n")
+        for i, c in enumerate(cands):
+            if i in known:
+                yield known[i]
+                continue
+            v = next(checked)
+            if idents[i] is not None:
+                journal.write(f"{c.path}\t{idents[i]}\t{v.status}\t{_clean(v.detail)}\n")
             bar.update()
-    return [verdicts[i] for i in range(len(cands))]
+            yield v
+
+
+def validate(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: int | None,
+             pool: ProcessPoolExecutor | None, how: str = "fast") -> list[Verdict]:
+    """Every candidate's verdict (see `verdicts`)."""
+    return list(verdicts(split_dir, cands, work, max_side=max_side, pool=pool, how=how))

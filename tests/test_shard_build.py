@@ -146,7 +146,7 @@ def test_split_flag_and_class_mismatch(tmp_path, caplog):
 def _run_and_kill(src: Path, out: Path, ready) -> None:
     """Start python -m shard, SIGKILL its whole process group once `ready()` holds."""
     cmd = [sys.executable, "-m", "shard", str(src), str(out), "--samples-per-shard", "10",
-           "--workers", "2"]
+           "--workers", "2", "--validate", "full"]  # full: slow enough to be caught mid-way
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -158,9 +158,10 @@ def _run_and_kill(src: Path, out: Path, ready) -> None:
 
 @pytest.mark.slow
 def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
-    src = make_folder(tmp_path / "src" / "train", [f"c{i}" for i in range(4)], 150, 256, 192)
+    src = make_folder(tmp_path / "src" / "train", [f"c{i}" for i in range(4)], 250, 256, 192)
     src = src.parent
-    main([str(src), str(tmp_path / "ref"), "--samples-per-shard", "10", "--workers", "2"])
+    args = ["--samples-per-shard", "10", "--workers", "2", "--validate", "full"]
+    main([str(src), str(tmp_path / "ref"), *args])
     ref = outputs(tmp_path / "ref" / "train")
     work = tmp_path / "out" / "train" / ".work"
 
@@ -175,7 +176,7 @@ def test_kill_9_then_rerun_gives_the_same_bytes(tmp_path):
     assert not (tmp_path / "out" / "train" / "manifest.json").exists()
     _run_and_kill(src, tmp_path / "out", writing)
     assert not (tmp_path / "out" / "train" / "manifest.json").exists()
-    assert main([str(src), str(tmp_path / "out"), "--samples-per-shard", "10", "--workers", "2"]) == 0
+    assert main([str(src), str(tmp_path / "out"), *args]) == 0
     assert outputs(tmp_path / "out" / "train") == ref
 
 
@@ -259,7 +260,8 @@ def _alive(pid: int) -> bool:
 @pytest.mark.slow
 def test_workers_exit_when_the_parent_is_killed(tmp_path):
     src = make_folder(tmp_path / "src" / "train", [f"c{i}" for i in range(4)], 150, 256, 192).parent
-    cmd = [sys.executable, "-m", "shard", str(src), str(tmp_path / "out"), "--workers", "2"]
+    cmd = [sys.executable, "-m", "shard", str(src), str(tmp_path / "out"), "--workers", "2",
+           "--validate", "full"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = tmp_path / "out" / "train" / ".work" / "validated.tsv"
     deadline = time.monotonic() + 60
@@ -273,3 +275,22 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path):
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(w) for w in workers)
+
+
+def test_a_file_replaced_in_place_is_validated_again(tmp_path):
+    import os
+
+    from shard.scan import find_classes, list_candidates
+    from shard.validate import validate
+    split = make_folder(tmp_path / "train", ["a", "b"], 3)
+    cands = list_candidates(split, find_classes(split))
+    work = tmp_path / "work"
+    work.mkdir()
+    first = validate(split, cands, work, max_side=None, pool=None)
+    assert {v.status for v in first} == {"keep"}
+    target = split / cands[4].path
+    size, mtime = target.stat().st_size, target.stat().st_mtime_ns
+    target.write_bytes(b"\0" * size)  # same size, other bytes: no longer an image
+    os.utime(target, ns=(mtime + 10**9, mtime + 10**9))
+    again = validate(split, cands, work, max_side=None, pool=None)
+    assert again[4].status == "skip" and [v.status for i, v in enumerate(again) if i != 4] == ["keep"] * 5
