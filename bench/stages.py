@@ -40,7 +40,7 @@ class Sizes:
     @staticmethod
     def pick(quick: bool, device: torch.device) -> Sizes:
         if quick:
-            return Sizes(10, 12, 100, 3, ("vits16_800ep",), 3, 3, quick=True)  # shard: 1,000 images
+            return Sizes(10, 12, 200, 3, ("vits16_800ep",), 3, 3, quick=True)  # shard: 2,000 images
         encoders = ("vits16_800ep", "vitb16_600ep", "vitb4_300ep", "vitl16_600ep", "vitl7_200ep")
         if device.type == "cuda":
             return Sizes(100, 50, 200, 5, encoders, 20, 10)
