@@ -14,6 +14,7 @@ TITLES = {
     "decode": "decode + resize + crop + normalize (images/s)",
     "embed": "embed: images/s per encoder",
     "probe": "probe: a full few-shot curve (fits/s)",
+    "active": "probe.active: acquisition rounds (select + fit) per strategy vs a reference fit per round (rounds/s)",
     "e2e": "end to end: ImageFolder to probe curve",
     "probe-tol": "probe: each backend's answers at a tolerance, against a converged solve",
     "gpu-model": "GPU, model: bf16 + torch.compile at the auto batch vs fp32 eager at batch 16 (images/s)",
@@ -102,5 +103,16 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", type=Path, default=RESULTS, help="the folder of .jsonl rows")
+    a = p.parse_args(argv)
+    print(write_report(a.results))
+    return 0
+
+
 if __name__ == "__main__":
-    print(write_report())
+    raise SystemExit(main())

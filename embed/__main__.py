@@ -23,7 +23,7 @@ from pathlib import Path
 from embed.encoders import ENCODERS, KINDS, get_spec
 from embed.pipeline import DECODERS
 from embed.store import DTYPES
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import command
 
 log = logging.getLogger("embed")
 
@@ -36,8 +36,7 @@ def _batch(text: str) -> int | None:
     return int(text)
 
 
-def parse_args(argv: list[str] | None = None):
-    """The command line of `python -m embed`, as an embed.run.Config."""
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("shards", type=Path, help="the OUT folder of python -m shard")
@@ -68,6 +67,12 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--augment", choices=("msn", "simclr", "none"), default="msn",
                    help="the views' augmentation (see embed/views.py)")
     p.add_argument("--view-seed", type=int, default=0, help="views are a function of (seed, index, view)")
+    return p
+
+
+def parse_args(argv: list[str] | None = None):
+    """The command line of `python -m embed`, as an embed.run.Config."""
+    p = _parser()
     a = p.parse_args(argv)
     names = tuple(n.strip() for n in a.encoder.split(",") if n.strip())
     try:
@@ -87,24 +92,24 @@ def parse_args(argv: list[str] | None = None):
                   augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, **extra)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the embed stage; return the exit status."""
-    setup_logging()
-    cfg = parse_args(argv)
-    log.info("config: %s", cfg)
+def _run(cfg) -> dict:
     from embed.run import run
 
-    try:
-        s = run(cfg)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+    log.info("config: %s", cfg)
+    return run(cfg)
+
+
+def _report(cfg, s: dict) -> None:
     busy = s["wait_s"] + s["compute_s"]
     rate = s["images"] / busy if busy else 0.0
     log.info("rank %d: %d images in %.1f s (%.1f img/s; waiting for data %.0f%%, computing %.0f%%)%s",
              s["rank"], s["images"], busy, rate, 100 * s["wait_s"] / (busy or 1),
              100 * s["compute_s"] / (busy or 1), "; store complete" if s["complete"] else "")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the embed stage; return the exit status."""
+    return command(parse_args, _run, argv, logger="embed", done=_report)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from embed.store import open_embeddings
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import command
 
 log = logging.getLogger("embed.export")
 
@@ -37,23 +37,20 @@ def export(store: Path, encoder: str, split: str, *, out: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Export one (encoder, split); exit status 1 with a clear message on a bad store."""
-    setup_logging()
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m embed.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
     p.add_argument("--encoder", required=True)
     p.add_argument("--split", required=True)
     p.add_argument("--out", type=Path, required=True)
-    a = p.parse_args(argv)
-    try:
-        written = export(a.store, a.encoder, a.split, out=a.out)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
-    log.info("wrote %s", ", ".join(map(str, written)))
-    return 0
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Export one (encoder, split); exit status 1 with a clear message on a bad store."""
+    return command(_parse, lambda a: export(a.store, a.encoder, a.split, out=a.out), argv, logger="embed",
+                   done=lambda _, written: log.info("wrote %s", ", ".join(map(str, written))))
 
 
 if __name__ == "__main__":

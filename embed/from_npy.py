@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embed import store
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import command
 
 log = logging.getLogger("embed.from_npy")
 ROWS_PER_CHUNK = 1000
@@ -85,32 +85,33 @@ def import_split(folder: Path, encoder: str, split: str, *, out: Path, overwrite
     return n, d
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Import every split found; exit status 1 when none is found or one is malformed."""
-    setup_logging()
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m embed.from_npy", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path)
     p.add_argument("--encoder", required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--overwrite", action="store_true", help="replace groups that already exist, whole")
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> None:
+    """Import every split found in the folder, checking all of them first."""
     splits = find_splits(a.folder, a.encoder) if a.folder.is_dir() else []
     if not splits:
-        log.error("%s: no embeddings_%s_<split>.npy found", a.folder, a.encoder)
-        return 1
-    try:
-        for split in splits:
-            if not a.overwrite and store.open_group(a.out, a.encoder, split) is not None:
-                raise store.StoreError(f"{a.out}: {a.encoder}/{split} already exists; pass --overwrite "
-                                       "to replace it")
-        for split in splits:
-            n, d = import_split(a.folder, a.encoder, split, out=a.out, overwrite=a.overwrite)
-            log.info("%s/%s: %d x %d rows -> %s", a.encoder, split, n, d, a.out)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
-    return 0
+        raise store.StoreError(f"{a.folder}: no embeddings_{a.encoder}_<split>.npy found")
+    for split in splits:
+        if not a.overwrite and store.open_group(a.out, a.encoder, split) is not None:
+            raise store.StoreError(f"{a.out}: {a.encoder}/{split} already exists; pass --overwrite "
+                                   "to replace it")
+    for split in splits:
+        n, d = import_split(a.folder, a.encoder, split, out=a.out, overwrite=a.overwrite)
+        log.info("%s/%s: %d x %d rows -> %s", a.encoder, split, n, d, a.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Import every split found; exit status 1 when none is found or one is malformed."""
+    return command(_parse, run, argv, logger="embed")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import numpy as np
 import zarr
 
 from embed import store
-from msnpipe.runtime import UserError, setup_logging
+from msnpipe.runtime import UserError, command
 
 log = logging.getLogger("embed.verify")
 ROW_ARRAYS = ("embeddings", "views", "labels", "paths")
@@ -136,9 +136,7 @@ def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> 
     return sound
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Verify the store; exit status 1 on any problem."""
-    setup_logging()
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m embed.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -146,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default=None, help="only this split's groups")
     p.add_argument("--repair", action="store_true",
                    help="unmark damaged shards so the next embed run rewrites them")
-    a = p.parse_args(argv)
-    try:
-        return 0 if verify(a.store, a.encoder, a.split, fix=a.repair) else 1
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify the store; exit status 1 on any problem."""
+    sound = lambda a: 0 if verify(a.store, a.encoder, a.split, fix=a.repair) else 1  # noqa: E731
+    return command(_parse, sound, argv, logger="embed")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ into one line and exit status 1. Every other exception keeps its traceback.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch is imported only where a device is picked
     import torch
@@ -42,6 +43,22 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(format=LOG_FORMAT)
     for name in LOGGERS:
         logging.getLogger(name).setLevel(level)
+
+
+def command(parse: Callable[[list[str] | None], Any], run: Callable[[Any], Any], argv: list[str] | None,
+            *, logger: str, done: Callable[[Any, Any], None] | None = None) -> int:
+    """A command's main: set up logging, parse `argv`, run; a UserError is one line on `logger`
+    and exit status 1, anything else keeps its traceback. `done(args, result)` reports success."""
+    setup_logging()
+    args = parse(argv)
+    try:
+        result = run(args)
+    except UserError as e:
+        logging.getLogger(logger).error("%s", e)
+        return 1
+    if done is not None:
+        done(args, result)
+    return result if type(result) is int else 0  # a run may return its exit status
 
 
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:

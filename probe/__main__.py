@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from msnpipe.files import writable_dir
-from msnpipe.runtime import UserError, pick_device, setup_logging
+from msnpipe.runtime import UserError, command, pick_device
 from probe.args import float_list, int_list
 from probe.backends import BACKENDS, SOLVER_DTYPES, resolve, torch_dtype
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
@@ -111,13 +111,7 @@ def run(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the few-shot curve; exit status 1 with one clear line on bad input."""
-    setup_logging()
-    a = parse_args(argv)
-    try:
-        return run(a)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+    return command(parse_args, run, argv, logger="probe")
 
 
 if __name__ == "__main__":

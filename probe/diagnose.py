@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings, open_group
-from msnpipe.runtime import UserError, pick_device, setup_logging
+from msnpipe.runtime import command, pick_device
 from probe.data import open_pair
 
 if TYPE_CHECKING:  # torch and the metrics are imported once the command line is parsed
@@ -188,8 +188,7 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("store", type=Path)
@@ -200,22 +199,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-rows", type=int, default=20000, help="rows sampled for pairwise metrics")
     p.add_argument("--tsne-classes", type=int, default=20)
     p.add_argument("--tsne-per-class", type=int, default=50)
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    a = p.parse_args(argv)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> dict:
+    """Every diagnostic, written to OUT/diagnostics.json and .md."""
     t = time.perf_counter()
-    try:
-        device = pick_device(a.device)
-        r = diagnose(a.store, a.encoder, a.split, train_split=a.train_split, out=a.out, max_rows=a.max_rows,
-                     tsne_classes=a.tsne_classes, tsne_per_class=a.tsne_per_class, device=device)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+    r = diagnose(a.store, a.encoder, a.split, train_split=a.train_split, out=a.out, max_rows=a.max_rows,
+                 tsne_classes=a.tsne_classes, tsne_per_class=a.tsne_per_class, device=pick_device(a.device))
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "diagnostics.json").write_text(json.dumps(r, indent=1) + "\n")
     (a.out / "diagnostics.md").write_text(markdown(r))
-    print(markdown(r))
     log.info("diagnostics in %.1f s -> %s", time.perf_counter() - t, a.out)
-    return 0
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(_parse, run, argv, logger="probe", done=lambda _, r: print(markdown(r)))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed.store import EmbeddingSet
-from msnpipe.runtime import UserError, pick_device, setup_logging
+from msnpipe.runtime import UserError, command, pick_device
 from probe.data import open_pair
 from probe.results import ResultFile
 
@@ -157,17 +157,13 @@ def run(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    a = _parse(argv)
-    try:
-        rows = run(a)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+def _show(a: argparse.Namespace, rows: list[dict]) -> None:
     for r in rows:
         print(f"{a.encoder} k={r['k']:>4}: top-1 {100 * r['top1']:.2f}%  top-5 {100 * r['top5']:.2f}%")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(_parse, run, argv, logger="probe", done=_show)
 
 
 if __name__ == "__main__":

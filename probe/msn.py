@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from embed.store import EmbeddingSet
-from msnpipe.runtime import UserError, few, pick_device, setup_logging
+from msnpipe.runtime import UserError, command, few, pick_device
 from probe.backends import BACKENDS, fit_predict, resolve
 from probe.data import open_pair
 from probe.fewshot import score
@@ -130,17 +130,13 @@ def run(a: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    a = _parse(argv)
-    try:
-        rows = run(a)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
+def _show(a: argparse.Namespace, rows: list[dict]) -> None:
     for r in rows:
         print(f"{r['encoder']} {r['subset']} ({r['images']} images): top-1 {100 * r['top1']:.2f}%")
-    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(_parse, run, argv, logger="probe", done=_show)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from msnpipe.files import writable_dir
 from msnpipe.pool import worker_pool
-from msnpipe.runtime import UserError, difference, setup_logging
+from msnpipe.runtime import UserError, command, difference
 from shard.build import Settings, report, shard_split
 from shard.images import VALIDATE
 from shard.reader import MANIFEST, list_splits, read_manifest
@@ -154,15 +154,8 @@ def run(args: argparse.Namespace) -> list:
 
 def main(argv: list[str] | None = None) -> int:
     """Shard every requested split; return the exit status."""
-    setup_logging()
-    args = parse_args(argv)
-    try:
-        summaries = run(args)
-    except UserError as e:
-        log.error("%s", e)
-        return 1
-    log.info("done:\n%s", report(summaries))
-    return 0
+    return command(parse_args, run, argv, logger="shard",
+                   done=lambda _, summaries: log.info("done:\n%s", report(summaries)))
 
 
 if __name__ == "__main__":

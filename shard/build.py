@@ -1,12 +1,11 @@
-"""Turn one split folder into shards: validate every image, write shards, then the manifest.
+"""Turn one split folder into shards: a verdict per image, the shards, then the manifest.
 
-Work happens in two resumable phases, both in one pool of worker processes:
-
-1. validate (`shard.validate`): a verdict per file (keep, repair, skip), journaled.
-2. write: kept samples get consecutive indices; shard i (samples [i*K, (i+1)*K)) is
-   written by one worker under a temporary name and renamed into place, and only then is
-   its record `OUT/S/.work/<tar>.json` written. A rerun skips shards whose record and tar
-   agree with the plan.
+Two resumable steps overlap in one pool of worker processes: verdicts stream in file order
+(`shard.validate`: keep, repair or skip, journaled), and kept samples get consecutive
+indices; as soon as shard i (samples [i*K, (i+1)*K)) has its K samples it is written by a
+worker under a temporary name and renamed into place, and only then is its record
+`OUT/S/.work/<tar>.json` written. A rerun skips shards whose record and tar agree with the
+plan. (--strict takes every verdict before the first shard.)
 
 samples.tsv and manifest.json are written last; the manifest's presence means the split
 is complete, and `.work/` is removed.
@@ -251,6 +250,16 @@ def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) ->
                           "No shard was written.")
 
 
+def _already_complete(name: str, dest: Path, settings: Settings) -> Summary:
+    """The summary of a finished split (refused if it was made with other settings)."""
+    m = read_manifest(dest / MANIFEST)
+    _check_settings(m.get("settings"), settings, dest, what="the finished split")
+    log.info("%s: already complete (%s), nothing to do", name, dest / MANIFEST)
+    size = sum(s["bytes"] for s in m["shards"])
+    return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"], size, 0.0,
+                   already_complete=True)
+
+
 def shard_split(
     name: str, split_dir: Path, out: Path, *, classes: list[str], settings: Settings,
     pool: ProcessPoolExecutor | None, strict: bool = False, listed: list[Candidate] | None = None,
@@ -260,12 +269,7 @@ def shard_split(
     t0 = time.perf_counter()
     dest = out / name
     if (dest / MANIFEST).exists():
-        m = read_manifest(dest / MANIFEST)
-        _check_settings(m.get("settings"), settings, dest, what="the finished split")
-        log.info("%s: already complete (%s), nothing to do", name, dest / MANIFEST)
-        size = sum(s["bytes"] for s in m["shards"])
-        return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"],
-                       size, time.perf_counter() - t0, already_complete=True)
+        return _already_complete(name, dest, settings)
     work = dest / WORK
     work.mkdir(parents=True, exist_ok=True)
     with exclusive(work / "lock", f"split {dest}"):

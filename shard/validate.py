@@ -1,4 +1,4 @@
-"""Phase 1 of sharding a split: a verdict (keep, repair, skip) for every candidate file.
+"""A verdict (keep, repair, skip) for every candidate file of a split, in file order.
 
 Each file is checked once, in worker processes (`shard.images.check_image`, CHUNK files a
 task, so dispatching costs little next to a structural check); each verdict is appended to

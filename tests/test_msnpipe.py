@@ -100,3 +100,22 @@ def test_help_answers_within_a_second(module):
         seconds.append(time.perf_counter() - t)
         assert r.returncode == 0 and "usage:" in r.stdout
     assert min(seconds) < 1.0, (module, seconds)
+
+
+def test_the_msnpipe_command_runs_each_stage_module(tmp_path, capsys):
+    from msnpipe.cli import COMMANDS, main
+    assert main(["--help"]) == 0 and "commands: shard, shard.verify, embed" in capsys.readouterr().out
+    assert main(["probe.table", str(tmp_path)]) == 1  # probe.table's own main: nothing to tabulate
+    assert "no fewshot.csv, msn.csv or knn.csv" in capsys.readouterr().err
+    assert main(["prob.knn"]) == 2 and "did you mean probe.knn" in capsys.readouterr().err
+    assert main([]) == 2
+    import importlib
+    assert all(callable(importlib.import_module(m).main) for m in COMMANDS.values())
+
+
+def test_pyproject_installs_the_msnpipe_command():
+    import tomllib
+    from pathlib import Path
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert meta["project"]["scripts"] == {"msnpipe": "msnpipe.cli:main"}
+    assert set(meta["tool"]["setuptools"]["packages"]) == {"msnpipe", "shard", "embed", "probe", "bench"}
