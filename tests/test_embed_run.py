@@ -197,6 +197,16 @@ def test_several_encoders_in_one_run(embed_shards, tiny_encoders, tmp_path):
         assert both.attrs["drift"]["images"] == 5 and both.attrs["drift"]["min_cos"] > 0.9999
 
 
+def test_float16_rows_are_the_float32_rows_rounded(embed_shards, tiny_encoders, tmp_path):
+    _run(embed_shards, tmp_path / "32.zarr", ["tiny_a"])
+    _run(embed_shards, tmp_path / "16.zarr", ["tiny_a"], dtype="float16")
+    a = open_embeddings(tmp_path / "32.zarr", "tiny_a", "val")
+    b = open_embeddings(tmp_path / "16.zarr", "tiny_a", "val")
+    assert b.embeddings.dtype == np.float16 and b.attrs["identity"]["dtype"] == "float16"
+    np.testing.assert_array_equal(np.asarray(b.embeddings[:]), np.asarray(a.embeddings[:]).astype(np.float16))
+    assert next(b.row_blocks())[1].dtype == np.float32  # readers get float32
+
+
 def test_second_run_embeds_nothing(embed_shards, tiny_encoders, tmp_path):
     _run(embed_shards, tmp_path / "a.zarr", ["tiny_a"])
     again = _run(embed_shards, tmp_path / "a.zarr", ["tiny_a"])

@@ -84,6 +84,24 @@ def test_drift_measures_what_bf16_changes():
     assert d["images"] == 5 and 0.99 <= d["min_cos"] < 0.99999 and d["min_cos"] <= d["mean_cos"] < 1
 
 
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precisions_run_under_autocast_and_stay_close(precision, dtype):
+    from embed.checkpoint import random_model
+    vit = random_model(TINY)
+    half = EncoderRunner(TINY, vit, kind="cls_prenorm", device=torch.device("cpu"), precision=precision,
+                         compile=False)
+    full = EncoderRunner(TINY, vit, kind="cls_prenorm", device=torch.device("cpu"), precision="fp32",
+                         compile=False)
+    seen = []
+    hook = vit.blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.randn(6, 3, 224, 224)
+    a, b = half.forward(x), full.forward(x)
+    hook.remove()
+    assert seen == [dtype, torch.float32] and a.dtype == torch.float32  # rows come back as float32
+    cos = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    assert cos.min() >= 0.99 and not torch.equal(a, b)
+
+
 def test_largest_batch_plans_within_the_headroom():
     mib = 2**20
     assert largest_batch(fixed=500 * mib, per_image=20 * mib, free=80 * 1024 * mib) == 1024

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import normalize
 
 from embed.store import open_embeddings
 from probe.msn import center_normalize, main, run_subset
@@ -43,9 +44,10 @@ def test_protocol_against_a_direct_fit(store, tmp_path):
     te = open_embeddings(store, "toy", "val")
     got = run_subset(tr, te, subset, lambd=0.00025)
     x, tx = np.asarray(tr.embeddings[:])[chosen], np.asarray(te.embeddings[:])
-    model = LogisticRegression(C=4000, fit_intercept=False, max_iter=1000)
-    model.fit(center_normalize(x), tr.labels[chosen])
-    want = model.score(center_normalize(tx), te.labels)
+    prep = lambda a: normalize(a - a.mean(axis=1, keepdims=True))  # noqa: E731 - cyanure's, by sklearn
+    model = LogisticRegression(C=4000, fit_intercept=False, max_iter=1000)  # C = 1 / lambd
+    model.fit(prep(x), tr.labels[chosen])
+    want = model.score(prep(tx), te.labels)
     assert got["images"] == 12 and got["top1"] == pytest.approx(want, abs=1e-9)
     assert got["top1"] > 1 / 6 + 0.2
 

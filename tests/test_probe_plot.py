@@ -13,6 +13,20 @@ from tests.conftest import make_store
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture
+def drawn(monkeypatch):
+    """The figures probe.plot saves, kept for inspection: [(figure, path)]."""
+    import probe.plot
+    kept, save = [], probe.plot._save
+
+    def keep(fig, out, **kw):
+        kept.append((fig, out))
+        return save(fig, out, **kw)
+
+    monkeypatch.setattr(probe.plot, "_save", keep)
+    return kept
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     root = tmp_path_factory.mktemp("plot")
@@ -43,6 +57,39 @@ def test_best_c_picks_the_higher_mean(results):
     np.testing.assert_allclose(best["acc_mean"], want)
 
 
+def test_the_plot_draws_the_means_with_their_bands(results, tmp_path, drawn):
+    assert plot_main([str(results), "--out", str(tmp_path / "a.png"), "--logx"]) == 0
+    assert (tmp_path / "a.png").read_bytes()[:8] == PNG
+    (fig, out), = drawn
+    want = curves(load([results]), best_c=False)
+    acc, loglik = fig.axes
+    assert acc.get_xscale() == "log" and {ln.get_label() for ln in loglik.get_lines()} == set(want)
+    for ax, metric in ((acc, "acc"), (loglik, "loglik")):
+        for line, band in zip(ax.get_lines(), ax.collections):
+            c = want[line.get_label()]
+            np.testing.assert_allclose(line.get_xydata(), np.c_[c["n_labels"], c[f"{metric}_mean"]])
+            ys = band.get_paths()[0].vertices[:, 1]  # the band spans mean - s.e. to mean + s.e.
+            lo, hi = c[f"{metric}_mean"] - c[f"{metric}_sem"], c[f"{metric}_mean"] + c[f"{metric}_sem"]
+            assert ys.min() == pytest.approx(lo.min()) and ys.max() == pytest.approx(hi.max())
+
+
+def test_diagnose_figures_draw_what_they_name(tmp_path, drawn):
+    from probe.plot import cka_plot, spectrum_plot, tsne_map
+    ev = np.array([5.0, 2.0, 0.5, 1e-15])
+    spectrum_plot(ev, tmp_path / "s.png", erank=2.34)
+    matrix = np.array([[1.0, 0.3], [0.3, 1.0]])
+    cka_plot(["a", "b"], matrix, tmp_path / "c.png")
+    x = np.random.default_rng(0).normal(size=(30, 5))
+    tsne_map(x, np.repeat([0, 1, 2], 10), tmp_path / "t.png")
+    (spectrum, _), (cka, _), (tsne, _) = drawn
+    line, = spectrum.axes[0].get_lines()
+    np.testing.assert_allclose(line.get_ydata(), np.maximum(ev, 1e-12))
+    assert "2.3" in spectrum.axes[0].get_title()
+    np.testing.assert_allclose(cka.axes[0].images[0].get_array(), matrix)
+    points = tsne.axes[0].collections[0]
+    assert points.get_offsets().shape == (30, 2) and len(np.unique(points.get_array())) == 3
+
+
 def test_png_from_ours_and_from_reference_layout(results, tmp_path):
     assert plot_main([str(results), "--out", str(tmp_path / "a.png"), "--logx"]) == 0
     assert (tmp_path / "a.png").read_bytes()[:8] == PNG
@@ -57,8 +104,9 @@ def test_png_from_ours_and_from_reference_layout(results, tmp_path):
 
 def test_plot_and_table_refuse_empty_input(tmp_path, capsys):
     assert plot_main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
-    assert "no fewshot.csv or testing_seedNN.csv" in capsys.readouterr().err
+    assert "no fewshot.csv or testing_seedNN.csv found in" in capsys.readouterr().err
     assert table_main([str(tmp_path)]) == 1
+    assert "no fewshot.csv, msn.csv or knn.csv in" in capsys.readouterr().err
 
 
 def test_table(results, capsys):
