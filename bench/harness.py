@@ -43,8 +43,9 @@ class Timing:
 
 
 def measure(fn: Callable[[], int], repeats: int = 3, warmup: int = 1, *, sync: bool = False,
-            unit: str = "img/s") -> Timing:
-    """Time `fn` (which returns how many items it processed) `repeats` times after warm-up."""
+            unit: str = "img/s", after: Callable[[], None] | None = None) -> Timing:
+    """Time `fn` (which returns how many items it processed) `repeats` times after warm-up;
+    `after` runs after each call, outside the timed region (e.g. to remove its output)."""
     def once() -> tuple[float, int]:
         if sync:
             _cuda_sync()
@@ -52,7 +53,10 @@ def measure(fn: Callable[[], int], repeats: int = 3, warmup: int = 1, *, sync: b
         n = fn()
         if sync:
             _cuda_sync()
-        return time.perf_counter() - t, n
+        seconds = time.perf_counter() - t
+        if after is not None:
+            after()
+        return seconds, n
 
     for _ in range(warmup):
         once()

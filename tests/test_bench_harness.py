@@ -21,6 +21,27 @@ def test_measure_warms_up_then_times_each_repeat(monkeypatch):
     assert (s["median_s"], s["min_s"], s["max_s"], s["unit"]) == (2.0, 1.5, 4.0, "img/s")
 
 
+def test_after_runs_after_each_call_outside_the_timed_region(monkeypatch):
+    import types
+    now, events = [0.0], []
+
+    def tick() -> float:
+        return now[0]
+
+    def work() -> int:
+        events.append("work")
+        now[0] += 1.0
+        return 1
+
+    def clean() -> None:  # slow clean-up that must not be counted
+        events.append("after")
+        now[0] += 100.0
+
+    monkeypatch.setattr("bench.harness.time", types.SimpleNamespace(perf_counter=tick))
+    t = measure(work, repeats=2, warmup=1, after=clean)
+    assert events == ["work", "after"] * 3 and t.seconds == [1.0, 1.0]
+
+
 def test_ratio_is_ours_over_the_reference():
     ours, ref = Timing([2.0], 100).summary(), Timing([8.0], 100).summary()
     assert Row("b", "c", "cpu", ours, ref).ratio == pytest.approx(4.0)
