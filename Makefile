@@ -15,7 +15,7 @@ MSN_URL := https://dl.fbaipublicfiles.com/msn
 MSN_SUBSETS := https://raw.githubusercontent.com/facebookresearch/msn/main
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint shards verify embed probe bench weights subsets clean
+.PHONY: help setup demo test lint shards verify embed probe active bench weights subsets clean
 
 help: ## list the targets and their knobs
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -57,6 +57,10 @@ probe: setup ## few-shot curves and kNN of ENCODER from STORE -> OUT/probe, with
 	$(PY) -m probe.knn $(STORE) --encoder $(ENCODER) --out $(OUT)/probe
 	$(PY) -m probe.plot $(OUT)/probe --out $(OUT)/probe/fewshot.png
 	$(PY) -m probe.table $(OUT)/probe
+
+active: setup ## active-acquisition curves of ENCODER from STORE (every strategy) -> OUT/active, with a plot
+	$(PY) -m probe.active $(STORE) --encoder $(ENCODER) --out $(OUT)/active
+	$(PY) -m probe.plot $(OUT)/active --out $(OUT)/active/active.png
 
 bench: setup ## quick benchmarks of every stage against the reference path
 	$(PY) -m bench all --quick

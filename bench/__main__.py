@@ -1,7 +1,8 @@
-"""python -m bench [shard|decode|embed|probe|e2e|all|gpu] [--quick] [--device auto|cpu|cuda]
+"""python -m bench [shard|decode|embed|probe|active|e2e|all|tolerance|gpu] [--quick] [--device auto|cpu|cuda]
 
     python -m bench all --quick         # `make bench`: small inputs, a few minutes on a CPU
     python -m bench embed --device cuda # every encoder, full size, on the GPU
+    python -m bench tolerance           # what the probes' default tol costs (bench.gpu.tolerance_rows)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
 
 Each benchmark times ours and the reference path in the same run; rows are appended to
@@ -18,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCHES = ("shard", "decode", "embed", "probe", "e2e", "tolerance")
+BENCHES = ("shard", "decode", "embed", "probe", "active", "e2e", "tolerance")
+ALL = BENCHES[:6]  # what `all` runs
 log = logging.getLogger("bench")
 
 
@@ -70,24 +72,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="", help="gpu: only these sections (gpu-model,gpu-embed,...)")
     p.add_argument("--encoders", default="", help="gpu: only these encoders in gpu-model")
     a = p.parse_args(argv)
-    import torch
 
     from bench import stages
     from bench.harness import RESULTS, machine
     from bench.report import write_report
+    from msnpipe.runtime import UserError, pick_device
 
     a.results = a.results or RESULTS
-    if a.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device on this machine")
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
-                          (a.device if a.device != "auto" else "cpu"))
+    try:
+        device = pick_device(a.device)
+    except UserError as e:
+        p.error(str(e))
     mach = machine()
     with tempfile.TemporaryDirectory(dir=a.work) as tmp:
         if a.which == "gpu":
             run_gpu(a, mach, Path(tmp))
         else:
             ws = stages.Workspace(Path(tmp), stages.Sizes.pick(a.quick, device), device)
-            for name in BENCHES[:5] if a.which == "all" else (a.which,):
+            for name in ALL if a.which == "all" else (a.which,):
                 log.info("%s on %s ...", name, device)
                 _record(getattr(stages, f"bench_{name}")(ws), mach, a.results)
     log.info("report: %s", write_report(a.results))

@@ -6,7 +6,8 @@
 Runs the README's commands one after another: a labelled ImageFolder of ImageNet-like JPEGs
 (with a few broken files, so the shard report has something to say) -> shards -> a
 random-weight ViT-S/16 saved in the official MSN checkpoint layout -> embeddings of train
-and val (val with two augmented views) -> few-shot curve, kNN, table, plot and diagnostics.
+and val (val with two augmented views) -> few-shot curve, kNN, table, plot, active-acquisition
+curves (probe.active) and diagnostics.
 The weights are random: the curve shows the pipeline working, not MSN's quality; `make weights`
 downloads the real checkpoints.
 """
@@ -39,6 +40,7 @@ def step(title: str, *args: str) -> None:
 def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_class: int) -> dict[str, Path]:
     """Every stage in order; return where the results are."""
     images, shards, store, probe = out / "images", out / "shards", out / "embeddings.zarr", out / "probe"
+    active = out / "active"
     weights = out / "weights" / f"{ENCODER}.pth.tar"
     if not (images / "val").exists():
         print(f"== generating {classes} classes x ({train} train + {val} val) 500x375 JPEGs in {images}")
@@ -65,10 +67,15 @@ def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_c
     step("kNN", "probe.knn", str(store), "--encoder", ENCODER, "--k", ks, "--out", str(probe))
     step("plot", "probe.plot", str(probe), "--out", str(probe / "fewshot.png"))
     step("table", "probe.table", str(probe))
+    step("which labels to buy next: active acquisition, 3 rounds of a label per class",
+         "probe.active", str(store), "--encoder", ENCODER, "--out", str(active), "--strategies",
+         "balanced,random,entropy,typiclust", "--init", "1", "--rounds", "3",
+         "--seeds", f"0-{min(seeds, 2) - 1}")
+    step("active-acquisition plot", "probe.plot", str(active), "--out", str(active / "active.png"))
     step("diagnostics", "probe.diagnose", str(store), "--encoder", ENCODER, "--out", str(out / "diagnose"),
          "--tsne-classes", str(classes), "--tsne-per-class", str(val))
     return {"store": store, "csv": probe / "fewshot.csv", "plot": probe / "fewshot.png",
-            "diagnose": out / "diagnose" / "diagnostics.md"}
+            "diagnose": out / "diagnose" / "diagnostics.md", "active": active / "active.png"}
 
 
 def main(argv: list[str] | None = None) -> int:

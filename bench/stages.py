@@ -100,32 +100,37 @@ class Workspace:
         return path if path.exists() else save_random_checkpoint(path, get_spec(encoder))
 
 
-def _run_shard(src: Path, out: Path, split: str) -> None:
+def _run_shard(src: Path, out: Path, split: str, *, per_shard: int = 100) -> None:
     cmd = [sys.executable, "-m", "shard", str(src), str(out), "--splits", split,
-           "--workers", str(CORES), "--samples-per-shard", "100"]
+           "--workers", str(CORES), "--samples-per-shard", str(per_shard)]
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
 
 
 def bench_shard(ws: Workspace) -> list[Row]:
-    """python -m shard (decode-validate every image, write tars + indexes) vs plain tar."""
-    counter = itertools.count()
+    """python -m shard (check every image, write tars + indexes, fsync) vs plain tar, each into a
+    fresh output; after each run, outside the timed region, its output is removed and the page
+    cache written back (`sync`), so no run pays for another's writes."""
     src, n = ws.prepare_shard_images(), ws.sizes.classes * ws.sizes.shard_per_class
+    out, tar_file = ws.root / "shard_out", ws.root / "plain.tar"
 
     def ours() -> int:
-        out = ws.root / f"shard_out_{next(counter)}"
-        _run_shard(src, out, "val")
-        shutil.rmtree(out)
+        _run_shard(src, out, "val", per_shard=1000)  # the default
         return n
 
     def tar() -> int:
-        subprocess.run(["tar", "-cf", str(ws.root / "plain.tar"), "-C", str(src), "val"], check=True)
+        subprocess.run(["tar", "-cf", str(tar_file), "-C", str(src), "val"], check=True)
         return n
 
-    reference = measure(tar, ws.sizes.repeats)
-    mine = measure(ours, ws.sizes.repeats)
-    return [Row("shard", "500x375 JPEG", "cpu", mine.summary(), reference.summary(),
-                f"python -m shard --workers {CORES}", "tar -cf (no decoding)",
-                {"images": n, "workers": CORES})]
+    def clean() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+        tar_file.unlink(missing_ok=True)
+        os.sync()
+
+    reference = measure(tar, ws.sizes.repeats, after=clean)
+    mine = measure(ours, ws.sizes.repeats, after=clean)
+    return [Row("shard", f"500x375 JPEG, {n} images", "cpu", mine.summary(), reference.summary(),
+                f"python -m shard --workers {CORES} (--validate fast)", "tar -cf (no checks, no fsync)",
+                {"images": n, "workers": CORES, "samples_per_shard": 1000})]
 
 
 def _torchvision_decode(images: Path, workers: int) -> int:
@@ -316,6 +321,81 @@ def bench_probe(ws: Workspace) -> list[Row]:
     from probe.backends import cuml_available
     if not cuml_available():
         rows.append(Row("probe", "cuML backend", "cuda", skipped="cuML cannot run here (no GPU)"))
+    return rows
+
+
+ACTIVE_CASES = {  # name: (classes, D, pool and test rows per class, rounds after the first)
+    "quick": (50, 64, 40, 6, 3),
+    "full": (100, 384, 200, 10, 5),
+}
+
+
+def _active_case(ws: Workspace) -> tuple[str, Path, Path]:
+    """(case name, the reference's .npy folder, our store) of realistic embeddings, made once."""
+    from bench.gpu import Budget, Context, npy_store
+    from bench.synthetic import realistic_embeddings
+
+    name = "quick" if ws.sizes.quick else "full"
+    classes, dim, pool, test, _ = ACTIVE_CASES[name]
+    ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
+    rows = realistic_embeddings(classes, dim, {"train": pool, "val": test}, seed=1)
+    store = npy_store(ctx, f"active{name}", rows)
+    return name, ws.root / f"active{name}_npy", store
+
+
+def _active_process(ws: Workspace, strategy: str, *, counter) -> int:
+    """python -m probe.active for one strategy and seed, as a user runs it (start-up included):
+    its rounds."""
+    name, _, store = _active_case(ws)
+    rounds = ACTIVE_CASES[name][4]
+    backend = "torch" if ws.device.type == "cuda" else "sklearn"
+    out = ws.root / f"active_{next(counter)}"
+    subprocess.run([sys.executable, "-m", "probe.active", str(store), "--encoder", f"active{name}",
+                    "--strategies", strategy, "--seeds", "0", "--rounds", str(rounds), "--backend", backend,
+                    "--device", ws.device.type, "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+    ws.last_probe_out = out
+    return rounds + 1
+
+
+def _seconds_per_round(out: Path) -> dict[str, float]:
+    """Median selection and fit seconds of a round, as probe.active recorded them."""
+    from probe.results import read_results
+
+    rows = read_results(out / "active.csv")
+    return {f"{k}_per_round": round(float(np.median([float(r[k]) for r in rows])), 4)
+            for k in ("select_seconds", "fit_seconds")}
+
+
+def bench_active(ws: Workspace) -> list[Row]:
+    """Rounds/s of `python -m probe.active` per strategy (init 1 label per class, a label per class
+    each round, one seed), against the reference computing the same number of points of its
+    random-acquisition curve (evaluate_embeddings.py at 1..rounds+1 labels per class): the
+    ratio is what choosing costs on top of fitting."""
+    from probe.active import STRATEGY_NAMES
+
+    name, folder, _ = _active_case(ws)
+    classes, dim, pool, test, rounds = ACTIVE_CASES[name]
+    reps = 1 if not ws.sizes.quick else 2
+
+    def reference() -> int:
+        subprocess.run([sys.executable, "-m", "bench.reference_probe", str(folder),
+                        "--encoder", f"active{name}",
+                        "--seed", "0", "--n-per-class", str(rounds + 1)], cwd=ROOT, check=True,
+                       capture_output=True)
+        return rounds + 1
+
+    ref = measure(reference, reps, warmup=0, unit="rounds/s")
+    counter, rows = itertools.count(), []
+    settings = {"classes": classes, "dim": dim, "pool": classes * pool, "test": classes * test,
+                "rounds": rounds + 1, "labels": f"{classes}-{classes * (rounds + 1)}",
+                "data": "realistic_embeddings"}
+    for strategy in STRATEGY_NAMES:
+        mine = measure(lambda s=strategy: _active_process(ws, s, counter=counter), reps, warmup=0,
+                       unit="rounds/s")
+        rows.append(Row("active", f"{strategy}, {classes} classes, D={dim}", ws.device.type, mine.summary(),
+                        ref.summary(), f"python -m probe.active --strategies {strategy} (a process)",
+                        "evaluate_embeddings.py, one seed: a random-draw fit per round",
+                        settings | _seconds_per_round(ws.last_probe_out)))
     return rows
 
 

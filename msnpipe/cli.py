@@ -21,6 +21,7 @@ COMMANDS = {  # command -> module whose main(argv) runs it
     "embed.export": "embed.export", "embed.from_npy": "embed.from_npy",
     "probe": "probe.__main__", "probe.msn": "probe.msn", "probe.knn": "probe.knn",
     "probe.plot": "probe.plot", "probe.table": "probe.table", "probe.diagnose": "probe.diagnose",
+    "probe.active": "probe.active",
     "bench": "bench.__main__", "bench.demo": "bench.demo", "bench.report": "bench.report",
 }
 

@@ -4,7 +4,8 @@ and the figures of probe.diagnose (spectrum, CKA matrix, t-SNE map).
     python -m probe.plot out/probe --out out/probe/fewshot.png
     python -m probe.plot out/probe ../msn-embeddings/results --out compare.png --logx
 
-Each DIR is a probe output (fewshot.csv) or a folder of the reference's results
+Each DIR is a probe output (fewshot.csv), a probe.active output (active.csv: a line per
+strategy, `balanced` being the few-shot curve), or a folder of the reference's results
 (<encoder>/testing_seedNN.csv, or testing_seedNN.csv directly), so published curves can be
 overlaid. Lines are mean ± standard error across seeds, one per encoder (and per C when a C
 sweep was run, unless --best-C picks the best C per label count, as the legend then says).
@@ -33,6 +34,12 @@ def _rows_from_fewshot(path: Path, tag: str) -> list[dict]:
             for r in read_results(path)]
 
 
+def _rows_from_active(path: Path, tag: str) -> list[dict]:
+    return [{"encoder": f"{r['encoder']} [{r['strategy']}]{tag}", "seed": int(r["seed"]),
+             "n_labels": int(r["n_labels"]), "acc": float(r["test_acc"]), "loglik": float(r["test_loglik"]),
+             "C": None} for r in read_results(path)]
+
+
 def _rows_from_seed_files(folder: Path, encoder: str) -> list[dict]:
     rows = []
     for path in sorted(folder.iterdir()):
@@ -47,19 +54,22 @@ def _rows_from_seed_files(folder: Path, encoder: str) -> list[dict]:
 
 
 def load(dirs: list[Path]) -> list[dict]:
-    """Every (encoder, seed, n_labels) result found in `dirs`."""
+    """Every (encoder, seed, n_labels) result found in `dirs`; an active.csv's strategies as
+    encoders named "<encoder> [<strategy>]"."""
     rows = []
     for d in dirs:
         tag = f" [{d.name}]" if len(dirs) > 1 else ""
-        if (d / "fewshot.csv").exists():
-            rows += _rows_from_fewshot(d / "fewshot.csv", tag)
+        if (d / "fewshot.csv").exists() or (d / "active.csv").exists():
+            for name, read in (("fewshot.csv", _rows_from_fewshot), ("active.csv", _rows_from_active)):
+                rows += read(d / name, tag) if (d / name).exists() else []
         elif any(SEED_FILE.fullmatch(p.name) for p in d.iterdir()):
             rows += _rows_from_seed_files(d, d.name + tag)
         else:
             for sub in sorted(p for p in d.iterdir() if p.is_dir()):
                 rows += _rows_from_seed_files(sub, sub.name + tag)
     if not rows:
-        raise UserError(f"no fewshot.csv or testing_seedNN.csv found in {', '.join(map(str, dirs))}")
+        raise UserError(f"no fewshot.csv, active.csv or testing_seedNN.csv found in "
+                        f"{', '.join(map(str, dirs))}")
     return rows
 
 

@@ -43,6 +43,8 @@ KINDS = {
                 ("encoder", "subset")),
     "multilabel": Kind(("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend",
                         "fit_seconds"), ("encoder", "C")),
+    "active": Kind(("encoder", "strategy", "seed", "round", "n_labels", "test_acc", "test_loglik",
+                    "select_seconds", "fit_seconds"), ("encoder", "strategy", "seed", "round")),
 }
 
 

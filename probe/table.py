@@ -5,7 +5,8 @@
 Rows are encoders. Columns: few-shot top-1 (mean over seeds) at 1, 2 and 5 labels per
 class from fewshot.csv (C=1 when a sweep was run, else its only C), the MSN protocol's
 top-1 per subset file from msn.csv (1imgs_class, 2imgs_class, 5imgs_class, 1percent), and
-kNN top-1 per k from knn.csv.
+kNN top-1 per k from knn.csv. probe.active's active.csv adds a row per strategy
+("<encoder> [<strategy>]") with its top-1 at each label count ("N labels").
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ def collect(dirs: list[Path]) -> tuple[list[str], dict[str, dict[str, float]]]:
             put(r["encoder"], f"MSN {r['subset'].removesuffix('.txt')}", 100 * float(r["top1"]))
         for r in _read(d / "knn.csv"):
             put(r["encoder"], f"kNN k={r['k']}", 100 * float(r["top1"]))
+        active: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for r in _read(d / "active.csv"):
+            active[(f"{r['encoder']} [{r['strategy']}]", int(r["n_labels"]))].append(float(r["test_acc"]))
+        for (row, n), v in sorted(active.items(), key=lambda kv: kv[0][1]):
+            put(row, f"{n} labels", 100 * float(np.mean(v)))
     return columns, cells
 
 
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"probe.table: {e}", file=sys.stderr)
         return 1
     if not cells:
-        print(f"probe.table: no fewshot.csv, msn.csv or knn.csv in {', '.join(map(str, a.dirs))}",
+        print(f"probe.table: no fewshot.csv, msn.csv, knn.csv or active.csv in {', '.join(map(str, a.dirs))}",
               file=sys.stderr)
         return 1
     print(markdown(columns, cells))

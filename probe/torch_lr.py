@@ -178,16 +178,21 @@ def logits(fit: BatchFit, i: int, x: torch.Tensor) -> torch.Tensor:
     return z + fit.bias[i] if fit.bias is not None else z
 
 
-def score(fit: BatchFit, i: int, x: torch.Tensor, *, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, log-likelihood) of problem i on rows x [N, D] with labels y [N] (0..K-1, -1 for
-    a class the problem never saw), as scikit-learn's accuracy and -log_loss compute them
-    (probabilities clipped to [eps, 1 - eps] of float64)."""
-    z = logits(fit, i, x).double()  # [N, K]
+def score_logits(z: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, log-likelihood) of logits z [N, K] against labels y [N] (0..K-1, -1 for a class
+    the model never saw), as scikit-learn's accuracy and -log_loss compute them (probabilities
+    clipped to [eps, 1 - eps] of float64)."""
+    z = z.double()
     acc = (z.argmax(-1) == y).double().mean()
     logp = torch.log_softmax(z, -1).gather(-1, y.clamp_min(0)[:, None])[:, 0]
     eps = np.finfo(np.float64).eps
     logp = torch.where(y >= 0, logp, torch.full_like(logp, math.log(eps)))
     return float(acc), float(logp.clamp(math.log(eps), math.log1p(-eps)).mean())
+
+
+def score(fit: BatchFit, i: int, x: torch.Tensor, *, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, log-likelihood) of problem i on rows x [N, D] with labels y [N]: score_logits."""
+    return score_logits(logits(fit, i, x), y)
 
 
 def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, max_iter: int,

@@ -23,3 +23,8 @@ def test_demo_end_to_end(tmp_path, capfd):
     assert where["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| vits16_800ep |" in out
     assert e.views.shape == (6, 2, 384) and "alignment (2 views)" in where["diagnose"].read_text()
+    with open(tmp_path / "active" / "active.csv", newline="") as f:
+        active = list(csv.DictReader(f))
+    assert len(active) == 4 * 2 * 4  # 4 strategies x 2 seeds x rounds 0-3
+    assert {int(r["n_labels"]) for r in active} == {3, 6, 9, 12}
+    assert where["active"].read_bytes()[:4] == b"\x89PNG"

@@ -91,7 +91,8 @@ def test_pick_device():
 
 
 @pytest.mark.parametrize("module", ["shard", "shard.verify", "embed", "embed.verify", "embed.info", "probe",
-                                    "probe.knn", "probe.msn", "probe.diagnose", "probe.plot", "bench"])
+                                    "probe.knn", "probe.msn", "probe.diagnose", "probe.plot", "probe.active",
+                                    "bench"])
 def test_help_answers_within_a_second(module):
     seconds = []
     for _ in range(2):  # the first run may compile .pyc files
@@ -106,7 +107,7 @@ def test_the_msnpipe_command_runs_each_stage_module(tmp_path, capsys):
     from msnpipe.cli import COMMANDS, main
     assert main(["--help"]) == 0 and "commands: shard, shard.verify, embed" in capsys.readouterr().out
     assert main(["probe.table", str(tmp_path)]) == 1  # probe.table's own main: nothing to tabulate
-    assert "no fewshot.csv, msn.csv or knn.csv" in capsys.readouterr().err
+    assert "no fewshot.csv, msn.csv, knn.csv or active.csv" in capsys.readouterr().err
     assert main(["prob.knn"]) == 2 and "did you mean probe.knn" in capsys.readouterr().err
     assert main([]) == 2
     import importlib

@@ -104,9 +104,9 @@ def test_png_from_ours_and_from_reference_layout(results, tmp_path):
 
 def test_plot_and_table_refuse_empty_input(tmp_path, capsys):
     assert plot_main([str(tmp_path), "--out", str(tmp_path / "x.png")]) == 1
-    assert "no fewshot.csv or testing_seedNN.csv found in" in capsys.readouterr().err
+    assert "no fewshot.csv, active.csv or testing_seedNN.csv found in" in capsys.readouterr().err
     assert table_main([str(tmp_path)]) == 1
-    assert "no fewshot.csv, msn.csv or knn.csv in" in capsys.readouterr().err
+    assert "no fewshot.csv, msn.csv, knn.csv or active.csv in" in capsys.readouterr().err
 
 
 def test_table(results, capsys):

@@ -1,0 +1,351 @@
+"""python -m probe.active STORE --encoder E --out DIR: which labels to buy next.
+
+    python -m probe.active out/embeddings.zarr --encoder vits16_800ep --out out/active
+    python -m probe.active out/embeddings.zarr --encoder vitl7_200ep --out out/active \
+        --strategies balanced,random,entropy,typiclust,epig --budgets 1000,2000,5000,10000 --seeds 0-4
+    python -m probe.plot out/active --out out/active/active.png     # strategies beside the few-shot curve
+
+Each seed starts from the reference's class-balanced draw of --init labels per class (the draw
+`python -m probe` makes), fits the probe's logistic regression (train-standardized rows,
+scikit-learn's objective at --C) and scores it on the test split; --init 0 starts cold, from
+no labels at all (no round-0 row; the model-free strategies only: random, coreset, typiclust,
+probcover, balanced). Then each round a strategy
+(probe/strategies.py) picks --step more pool rows to label, or as many as the next of
+--budgets asks, and the head is fit again. `balanced` redraws n labels per class exactly as
+`python -m probe` does, so its curve is the few-shot curve. Rows go to DIR/active.csv
+(encoder, strategy, seed, round, n_labels, test_acc, test_loglik, select_seconds,
+fit_seconds); each round's labelled rows to DIR/active/<strategy>/seed<N>.npz, saved before
+the round is fit, so a killed run resumes at the next round with the same selections.
+DIR/active.json records the settings; a rerun with others is refused. Pool-sized work runs in
+torch on --device, in blocks; --pool-max caps the pool by a seeded subsample, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import sys
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from msnpipe.files import write_atomic
+from msnpipe.runtime import UserError, command, pick_device
+from probe.args import int_list
+from probe.results import ResultFile
+
+log = logging.getLogger("probe")
+STRATEGY_NAMES = ("balanced", "random", "entropy", "margin", "coreset", "typiclust", "probcover", "bald",
+                  "epig")
+NEED_A_MODEL = ("entropy", "margin", "bald", "epig")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    """What to run: strategies, seeds, the labels after each round, and the fit and its device."""
+
+    strategies: tuple[str, ...]
+    seeds: tuple[int, ...]
+    init: int  # labels per class in round 0
+    budgets: tuple[int, ...]  # labels after each round; budgets[0] = init * classes
+    C: float = 1.0
+    max_iter: int = 1000
+    backend: str = "torch"
+    device: str = "cpu"
+    samples: int = 20  # posterior draws for bald / epig
+    targets: int = 100  # EPIG's target inputs, drawn from the test split
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m probe.active", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("store", type=Path)
+    p.add_argument("--encoder", required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--strategies",
+                   default="balanced,random,entropy,margin,coreset,typiclust,probcover,bald,epig",
+                   help=f"comma-separated, of: {', '.join(STRATEGY_NAMES)}")
+    p.add_argument("--init", type=int, default=1,
+                   help="labels per class to start from (class-balanced); 0: none, a cold start")
+    p.add_argument("--rounds", type=int, default=10, help="rounds after the first (default 10)")
+    p.add_argument("--step", type=int, default=None, help="labels bought per round (default: one per class)")
+    p.add_argument("--budgets", type=int_list, default=None,
+                   help="labels after each round instead, e.g. 1000,2000,5000 (the first after round 1)")
+    p.add_argument("--seeds", type=int_list, default=tuple(range(5)), help="default 0-4")
+    p.add_argument("--pool-split", default="train")
+    p.add_argument("--test-split", default="val")
+    p.add_argument("--pool-max", type=int, default=100_000, help="subsample a larger pool (seeded)")
+    p.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto",
+                   help="auto: torch on a GPU, else scikit-learn")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--C", type=float, default=1.0, help="inverse L2 weight of the head (default 1)")
+    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--samples", type=int, default=20, help="posterior draws for bald and epig")
+    p.add_argument("--targets", type=int, default=100, help="EPIG's target inputs from the test split")
+    a = p.parse_args(argv)
+    a.strategy_list = tuple(s.strip() for s in a.strategies.split(",") if s.strip())
+    unknown = sorted(set(a.strategy_list) - set(STRATEGY_NAMES))
+    if unknown or not a.strategy_list:
+        named = ", ".join(unknown) or "(none given)"
+        p.error(f"--strategies: unknown {named}; one of {', '.join(STRATEGY_NAMES)}")
+    if a.init < 0 or a.rounds < 0 or (a.step is not None and a.step < 1) or a.pool_max < 2 or not a.C > 0:
+        p.error("--init >= 0, --step >= 1, --rounds >= 0, --pool-max >= 2 and --C > 0")
+    needs_head = sorted(set(a.strategy_list) & set(NEED_A_MODEL))
+    if a.init == 0 and needs_head:
+        p.error(f"--init 0 starts with no labels, so no model: {', '.join(needs_head)} rank rows by one; "
+                "use --init 1 or more, or model-free strategies")
+    return a
+
+
+def budgets_of(a: argparse.Namespace, classes: int) -> tuple[int, ...]:
+    """Labels after each round: init per class first, then --budgets or --rounds of --step."""
+    first = a.init * classes
+    if a.budgets:
+        later = tuple(a.budgets)
+        if later[0] <= first or any(b <= c for c, b in zip(later, later[1:])):
+            raise UserError(f"--budgets {','.join(map(str, later))}: must rise, from above the {first} "
+                            f"labels of round 0 (--init {a.init} x {classes} classes)")
+        return (first, *later)
+    step = a.step or classes
+    return tuple(first + r * step for r in range(a.rounds + 1))
+
+
+@dataclass
+class Pool:
+    """The pool (store rows of the pool split, maybe subsampled) on the device: standardized
+    rows the head sees (rounded to float32, as `python -m probe` standardizes them),
+    L2-normalised rows for geometry, labels; the test split likewise; and the strategies' cache
+    of what depends on the pool alone."""
+
+    rows: np.ndarray  # store row of each pool position, sorted
+    features: object  # torch [N, D], standardized
+    normalised: object  # torch [N, D] float32, L2-normalised raw rows
+    labels: np.ndarray  # [N] class index 0..K-1
+    test_features: object
+    test_labels: object  # torch [T], -1 for a class the pool lacks
+    classes: int
+    cache: dict = field(default_factory=dict)
+
+
+def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
+    """Read the pool (a seeded subsample when larger than pool_max) and the test split."""
+    import torch
+
+    from probe.data import load_standardized, mean_std
+
+    n = train.shape[0]
+    rows = np.arange(n)
+    if n > pool_max:
+        rows = np.sort(np.random.default_rng(0).choice(n, pool_max, replace=False))
+        log.info("the pool is %d rows: %d of them, drawn with seed 0, are used (--pool-max)", n, pool_max)
+    mean, std = mean_std(train)
+    raw = train.rows(rows)  # [N, D]
+    classes, labels = np.unique(train.labels[rows], return_inverse=True)
+    test_std = load_standardized(test, mean, std)
+    pos = np.searchsorted(classes, test_std.y).clip(max=len(classes) - 1)
+    test_labels = np.where(classes[pos] == test_std.y, pos, -1)
+    t = lambda a, dtype=torch.float64: torch.as_tensor(a, device=device, dtype=dtype)  # noqa: E731
+    normalised = torch.nn.functional.normalize(t(raw, torch.float32), dim=1)  # geometry: float32 is plenty
+    return Pool(rows, t(((raw - mean) / std).astype(np.float32)), normalised, labels,
+                t(test_std.x), t(test_labels, torch.long), len(classes))
+
+
+def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
+    """(the head fit on pool positions `at`, seconds): scikit-learn's objective at plan.C over the
+    classes those rows hold, by the torch solver or scikit-learn itself, as a Head over all the
+    pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
+    give the constant head that always answers it."""
+    import torch
+
+    from probe.strategies import Head
+
+    t = time.perf_counter()
+    x = pool.features[at]  # [n, D]
+    seen, y = np.unique(pool.labels[at], return_inverse=True)
+    if len(seen) == 1:
+        coef, inter = x.new_zeros(1, x.shape[1]), x.new_zeros(1)
+    elif plan.backend == "torch":
+        from probe import torch_lr
+
+        fit = torch_lr.fit_many(x[None], torch.as_tensor(y, device=x.device)[None], torch.tensor([plan.C]),
+                                num_classes=len(seen), max_iter=plan.max_iter)
+        coef, inter = fit.weights[0], fit.bias[0]  # [k, D], [k]
+    else:  # cuML's estimator has scikit-learn's parameters and attributes
+        if plan.backend == "cuml":
+            from cuml.linear_model import LogisticRegression
+        else:
+            from sklearn.linear_model import LogisticRegression
+
+        rows = x.cpu().numpy().astype(np.float32)  # [n, D], exactly what `python -m probe` fits
+        model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
+        coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype).reshape(-1, *shape)
+                       for v, shape in ((model.coef_, (x.shape[1],)), (model.intercept_, ())))
+        if len(seen) == 2:  # scikit-learn's binary parametrization: class 0 at zero
+            coef = torch.cat([torch.zeros_like(coef), coef])
+            inter = torch.cat([torch.zeros_like(inter), inter])
+    weight = torch.zeros(pool.classes, x.shape[1], dtype=x.dtype, device=x.device)
+    bias = torch.full((pool.classes,), -1e9, dtype=x.dtype, device=x.device)
+    index = torch.as_tensor(seen, device=x.device)
+    weight[index], bias[index] = coef.to(x.dtype), inter.to(x.dtype)
+    return Head(weight, bias), time.perf_counter() - t
+
+
+def _generator(strategy: str, seed: int, round_: int):
+    import torch
+
+    g = torch.Generator()
+    g.manual_seed(zlib.crc32(f"{strategy}:{seed}:{round_}".encode()))
+    return g
+
+
+class Selections:
+    """The labelled pool rows of each round of one (strategy, seed), saved to
+    DIR/active/<strategy>/seed<N>.npz (store rows) after every round's selection."""
+
+    def __init__(self, out: Path, strategy: str, seed: int, *, pool: Pool):
+        self.path, self.pool = out / "active" / strategy / f"seed{seed}.npz", pool
+        self.sets: list[np.ndarray] = []
+        self.seconds: list[float] = []
+        if self.path.exists():
+            with np.load(self.path) as saved:
+                rounds = sorted(int(k[5:]) for k in saved.files if k.startswith("round"))
+                self.sets = [np.searchsorted(pool.rows, saved[f"round{r}"]) for r in rounds]
+                self.seconds = saved["select_seconds"].tolist()
+
+    def add(self, positions: np.ndarray, seconds: float) -> None:
+        self.sets.append(positions)
+        self.seconds.append(seconds)
+        buf = io.BytesIO()
+        np.savez(buf, select_seconds=np.array(self.seconds),
+                 **{f"round{r}": self.pool.rows[s] for r, s in enumerate(self.sets)})
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.path, buf.getvalue())
+
+
+def _balanced(pool: Pool, seed: int, per_class: tuple[int, ...]) -> list[np.ndarray]:
+    """The reference's class-balanced draws for these counts per class (as python -m probe)."""
+    from probe.data import ClassSampler
+    from probe.fewshot import draws
+
+    wanted = tuple(n for n in per_class if n)
+    drawn = dict(draws(ClassSampler(pool.labels), seed, wanted)) if wanted else {}
+    return [drawn[n] if n else np.zeros(0, dtype=np.int64) for n in per_class]
+
+
+def next_set(strategy: str, seed: int, round_: int, *, pool: Pool, plan: Plan, previous: np.ndarray,
+             head) -> np.ndarray:
+    """The labelled pool positions of round `round_` >= 1: the previous ones plus the picks."""
+    import torch
+
+    from probe.strategies import STRATEGIES, Round, laplace
+
+    k = plan.budgets[round_] - plan.budgets[round_ - 1]
+    labelled = torch.zeros(len(pool.rows), dtype=torch.bool, device=pool.features.device)
+    labelled[torch.as_tensor(previous, device=labelled.device)] = True
+    if strategy in ("bald", "epig"):  # the labelled rows' curvature: the head's posterior
+        head = laplace(head, pool.features[previous], plan.C)
+    targets = None
+    if strategy == "epig":
+        count = min(plan.targets, len(pool.test_labels))
+        pick = np.random.default_rng([seed, 7]).choice(len(pool.test_labels), count, replace=False)
+        targets = pool.test_features[torch.as_tensor(pick, device=labelled.device)]
+    state = Round(pool.normalised, pool.features, labelled, head, _generator(strategy, seed, round_),
+                  targets=targets, samples=plan.samples, classes=pool.classes, cache=pool.cache)
+    picks = STRATEGIES[strategy](state, k).cpu().numpy()
+    return np.concatenate([previous, picks])
+
+
+def score_head(head, pool: Pool) -> tuple[float, float]:
+    """(accuracy, log-likelihood) on the test split, as scikit-learn computes them."""
+    from probe.torch_lr import score_logits
+
+    return score_logits(head.logits(pool.test_features), pool.test_labels)
+
+
+def run_strategy(strategy: str, seed: int, *, pool: Pool, plan: Plan, results: ResultFile, out: Path,
+                 encoder: str) -> list[dict]:
+    """Every round of one (strategy, seed) not yet in `results`, resuming saved selections."""
+    saved = Selections(out, strategy, seed, pool=pool)
+    if strategy == "balanced" and len(saved.sets) < len(plan.budgets):
+        t = time.perf_counter()
+        sets = _balanced(pool, seed, tuple(b // pool.classes for b in plan.budgets))
+        for s in sets[len(saved.sets):]:
+            saved.add(s, (time.perf_counter() - t) / len(sets))
+    rows, head = [], None
+    for r in range(len(plan.budgets)):
+        if r >= len(saved.sets):
+            if r == 0:
+                saved.add(_balanced(pool, seed, (plan.init,))[0], 0.0)
+            else:
+                if strategy in NEED_A_MODEL:  # the head of round r - 1 (fit below, or again on resume)
+                    head = head or fit_head(pool, saved.sets[r - 1], plan)[0]
+                t = time.perf_counter()
+                chosen = next_set(strategy, seed, r, pool=pool, plan=plan, previous=saved.sets[r - 1],
+                                  head=head)
+                saved.add(chosen, time.perf_counter() - t)
+            head = None
+        key = {"encoder": encoder, "strategy": strategy, "seed": seed, "round": r}
+        if results.has(key) or len(saved.sets[r]) == 0:  # a cold start's round 0 has nothing to fit
+            continue
+        head, fit_s = fit_head(pool, saved.sets[r], plan)
+        acc, loglik = score_head(head, pool)
+        rows.append(key | {"n_labels": len(saved.sets[r]), "test_acc": acc, "test_loglik": loglik,
+                           "select_seconds": round(saved.seconds[r], 4), "fit_seconds": round(fit_s, 4)})
+        results.append(rows[-1])
+    if rows:
+        log.info("%s, seed %d: accuracy %s", strategy, seed, " ".join(f"{r['test_acc']:.3f}" for r in rows))
+    return rows
+
+
+def run(a: argparse.Namespace) -> list[dict]:
+    """Every strategy and seed of the command line; the new rows."""
+    from probe.backends import resolve
+    from probe.data import open_pair
+
+    backend = resolve(a.backend)
+    device = str(pick_device(a.device))
+    train, test = open_pair(a.store, a.encoder, a.pool_split, test_split=a.test_split)
+    if train.labels.ndim != 1:
+        raise UserError(f"{a.encoder}/{a.pool_split} has multi-hot labels; probe.active needs one label "
+                        "a row")
+    pool = load_pool(train, test, pool_max=a.pool_max, device=device)
+    budgets = budgets_of(a, pool.classes)
+    if budgets[-1] > len(pool.rows):
+        raise UserError(f"the last budget, {budgets[-1]} labels, exceeds the pool's {len(pool.rows)} rows")
+    if "balanced" in a.strategy_list and any(b % pool.classes for b in budgets):
+        raise UserError(f"--strategies balanced draws n labels per class: every budget must be a multiple of "
+                        f"the {pool.classes} classes ({', '.join(map(str, budgets))})")
+    plan = Plan(strategies=a.strategy_list, seeds=a.seeds, init=a.init, budgets=budgets, C=a.C,
+                max_iter=a.max_iter, backend=backend, device=device, samples=a.samples, targets=a.targets)
+    ident = {"encoder": a.encoder, "pool_split": a.pool_split, "test_split": a.test_split,
+             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+             "budgets": list(budgets), "pool_max": a.pool_max, "C": a.C, "max_iter": a.max_iter,
+             "backend": backend, "samples": a.samples, "targets": a.targets}
+    rows = []
+    with ResultFile.open(a.out, "active", ident, settings=vars(a)) as results:
+        for strategy in plan.strategies:
+            for seed in plan.seeds:
+                rows += run_strategy(strategy, seed, pool=pool, plan=plan, results=results, out=a.out,
+                                     encoder=a.encoder)
+    return rows
+
+
+def _show(a: argparse.Namespace, rows: list[dict]) -> None:
+    last = max((r["round"] for r in rows), default=None)
+    for strategy in dict.fromkeys(r["strategy"] for r in rows):
+        accs = [r["test_acc"] for r in rows if r["strategy"] == strategy and r["round"] == last]
+        if accs:
+            mean = 100 * np.mean(accs)
+            print(f"{a.encoder} {strategy}: round {last}, accuracy {mean:.2f}% (mean of {len(accs)})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return command(_parse, run, argv, logger="probe", done=_show)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
