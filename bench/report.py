@@ -14,7 +14,7 @@ TITLES = {
     "decode": "decode + resize + crop + normalize (images/s)",
     "embed": "embed: images/s per encoder",
     "probe": "probe: a full few-shot curve (fits/s)",
-    "active": "probe.active: acquisition rounds (select + fit) per strategy vs a reference fit per round (rounds/s)",
+    "active": "probe.active: rounds (select + fit) per strategy vs the reference's fit per round (rounds/s)",
     "e2e": "end to end: ImageFolder to probe curve",
     "probe-tol": "probe: each backend's answers at a tolerance, against a converged solve",
     "gpu-model": "GPU, model: bf16 + torch.compile at the auto batch vs fp32 eager at batch 16 (images/s)",
