@@ -9,10 +9,10 @@ Each seed starts from the reference's class-balanced draw of --init labels per c
 `python -m probe` makes), fits the probe's logistic regression (train-standardized rows,
 scikit-learn's objective at --C) and scores it on the test split; --init 0 starts cold, from
 no labels at all (no round-0 row; the model-free strategies only: random, coreset, typiclust,
-probcover, balanced). Then each round a strategy
-(probe/strategies.py) picks --step more pool rows to label, or as many as the next of
---budgets asks, and the head is fit again. `balanced` redraws n labels per class exactly as
-`python -m probe` does, so its curve is the few-shot curve. Rows go to DIR/active.csv
+probcover, balanced). Then each round a strategy (probe/strategies.py) picks --step more pool
+rows to label, or as many as the next of --budgets asks, and the head is fit again.
+`balanced` redraws n labels per class exactly as `python -m probe` does, so its curve is the
+few-shot curve. Rows go to DIR/active.csv
 (encoder, strategy, seed, round, n_labels, test_acc, test_loglik, select_seconds,
 fit_seconds); each round's labelled rows to DIR/active/<strategy>/seed<N>.npz, saved before
 the round is fit, so a killed run resumes at the next round with the same selections.
@@ -41,7 +41,7 @@ from probe.results import ResultFile
 log = logging.getLogger("probe")
 STRATEGY_NAMES = ("balanced", "random", "entropy", "margin", "coreset", "typiclust", "probcover", "bald",
                   "epig")
-NEED_A_MODEL = ("entropy", "margin", "bald", "epig")
+NEED_A_MODEL = ("entropy", "margin", "bald", "epig")  # the names of STRATEGIES, without importing torch
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -24,6 +24,11 @@ def _np_entropy(p):
     return -(p * np.log(np.clip(p, 1e-30, None))).sum(-1)
 
 
+def test_the_command_offers_every_strategy():
+    from probe.active import NEED_A_MODEL, STRATEGY_NAMES
+    assert STRATEGY_NAMES == tuple(S.STRATEGIES) and set(NEED_A_MODEL) < set(STRATEGY_NAMES)
+
+
 def test_entropy_and_margin_against_numpy():
     p = np.random.default_rng(0).dirichlet(np.ones(5), 40)
     np.testing.assert_allclose(S.entropy_scores(torch.tensor(p)).numpy(), _np_entropy(p), rtol=1e-12)

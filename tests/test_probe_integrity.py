@@ -16,6 +16,7 @@ import pytest
 
 from embed import store
 from probe.__main__ import main as probe_main
+from probe.active import main as active_main
 from probe.diagnose import main as diagnose_main
 from probe.knn import main as knn_main
 from probe.msn import main as msn_main
@@ -58,6 +59,8 @@ def test_every_command_refuses_a_non_finite_store(damaged, tmp_path, caplog):
         "msn": lambda: msn_main([str(damaged), "--encoder", "toy", "--subset", str(tmp_path / "subset.txt"),
                                  "--backend", "sklearn", "--out", str(out)]),
         "diagnose": lambda: diagnose_main([str(damaged), "--encoder", "toy", "--out", str(out)]),
+        "active": lambda: active_main([str(damaged), "--encoder", "toy", "--out", str(out), "--rounds", "1",
+                                       "--seeds", "0", "--strategies", "random", "--backend", "sklearn"]),
     }
     for name, call in runs.items():
         caplog.clear()
