@@ -7,8 +7,9 @@ Rows are appended to fewshot.csv as they finish; a rerun skips rows already ther
 
 scikit-learn and cuML fit one problem at a time. scikit-learn fits in this process with one
 BLAS thread (measured: a 1000-class fit ran 2.3x faster than with two); once the fits done
-here have taken POOL_AFTER_S and enough remain, the rest go to `jobs` worker processes (one
-thread each), so small curves never pay for a pool. torch fits every seed and C of one label
+here have taken POOL_AFTER_S, the rest go to up to `jobs` worker processes (one thread each)
+when that saves more than starting them costs (POOL_START_S), so small curves never pay for a
+pool. torch fits every seed and C of one label
 count as one batched problem (probe.torch_lr).
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,7 +32,8 @@ from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
 log = logging.getLogger("probe")
-POOL_AFTER_S = 3.0  # in-process fit time after which starting worker processes pays off
+POOL_AFTER_S = 3.0  # in-process fit time before the fits' cost is known well enough to decide
+POOL_START_S = 1.5  # starting the workers (measured: 1.05 s for 2 that import scikit-learn)
 
 
 @dataclass(frozen=True)
@@ -139,17 +142,28 @@ def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.
             yield proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol
 
 
+def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
+    """How many worker processes the `left` remaining fits should go to, given `done` fits here
+    took `spent` seconds (0: keep fitting here): as many as there are fits, up to `jobs`, once
+    POOL_AFTER_S has passed and the time they save exceeds POOL_START_S."""
+    if jobs < 2 or left < 2 or spent <= POOL_AFTER_S:
+        return 0
+    workers, each = min(jobs, left), spent / done
+    saved = each * (left - math.ceil(left / workers))
+    return workers if saved > POOL_START_S else 0
+
+
 def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tuple]:
-    """The fits' results in order: here, until they have taken POOL_AFTER_S with more than
-    `jobs` left; then the rest in `jobs` worker processes (scikit-learn only)."""
+    """The fits' results in order: here, until pool_workers says the rest should go to worker
+    processes (scikit-learn only)."""
     spent, pool = 0.0, None
     try:
         for i, task in enumerate(fits):
-            pays = spent > POOL_AFTER_S and left - i > proto.jobs
-            if pool is None and proto.jobs > 1 and proto.backend == "sklearn" and pays:
-                pool = worker_pool(proto.jobs, _one_thread)
+            workers = pool_workers(spent=spent, done=i, left=left - i, jobs=proto.jobs)
+            if proto.backend == "sklearn" and workers:
+                pool = worker_pool(workers, _one_thread)
                 log.info("fits take %.2f s each: the %d left go to %d processes", spent / i, left - i,
-                         proto.jobs)
+                         workers)
                 yield from ordered_map(pool, _fit_score, itertools.chain([task], fits))
                 return
             result = _fit_score(task)

@@ -114,11 +114,36 @@ def test_parallel_fits_give_the_same_rows(store, tmp_path, monkeypatch, caplog):
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "small")]) == 0
     assert "go to 2 processes" not in caplog.text  # small fits: no pool worth starting
     monkeypatch.setattr("probe.fewshot.POOL_AFTER_S", 0.0)  # every fit "pays" for the pool
+    monkeypatch.setattr("probe.fewshot.POOL_START_S", 0.0)
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "two")]) == 0
     assert "the 5 left go to 2 processes" in caplog.text
     drop = lambda rows: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]  # noqa: E731
     one, two = (read_csv(tmp_path / d / "fewshot.csv") for d in ("one", "two"))
     assert drop(one) == drop(two)
+
+
+def test_fewer_fits_left_than_jobs_still_go_to_a_pool(store, tmp_path, monkeypatch, caplog):
+    # 16 cores and a 12-fit subset of slow fits ran one after another in one process (115 s
+    # where 16 processes took 22 s): the pool must not wait for more fits than workers
+    monkeypatch.setattr("probe.fewshot.POOL_AFTER_S", 0.0)
+    monkeypatch.setattr("probe.fewshot.POOL_START_S", 0.0)
+    args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend", "sklearn"]
+    assert main([*args, "--jobs", "16", "--out", str(tmp_path)]) == 0
+    assert "the 5 left go to 5 processes" in caplog.text
+    assert len(read_csv(tmp_path / "fewshot.csv")) == 6
+
+
+@pytest.mark.parametrize("each, left, jobs, workers", [
+    (9.6, 11, 16, 11),  # the 1000-class subset on 16 cores: a process per fit
+    (9.6, 40, 16, 16),
+    (0.05, 2, 16, 0),  # two quick fits left: starting processes costs more than it saves
+    (0.05, 500, 2, 2),
+    (9.6, 1, 16, 0),  # one fit left: nothing to share
+    (9.6, 11, 1, 0)])
+def test_the_pool_starts_when_it_saves_more_than_it_costs(each, left, jobs, workers):
+    from probe.fewshot import POOL_AFTER_S, pool_workers
+    done = 1 + int(POOL_AFTER_S / each)  # enough fits here to have passed POOL_AFTER_S
+    assert pool_workers(spent=each * done, done=done, left=left, jobs=jobs) == workers
 
 
 @pytest.mark.parametrize("backend, absent", [("sklearn", "torch"), ("torch", "sklearn")])
