@@ -154,6 +154,27 @@ def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
                 t(test_std.x), t(test_labels, torch.long), len(classes))
 
 
+def _fit_estimator(plan: Plan, x, y: np.ndarray) -> tuple:
+    """(coef [k, D], intercept [k]) of scikit-learn's (or cuML's, which has the same parameters
+    and attributes) LogisticRegression on rows x [n, D] (a tensor) with labels y in 0..k-1."""
+    import torch
+
+    from probe.backends import one_blas_thread
+
+    if plan.backend == "cuml":
+        from cuml.linear_model import LogisticRegression
+    else:
+        from sklearn.linear_model import LogisticRegression
+    rows = x.cpu().numpy().astype(np.float32)  # [n, D], exactly what `python -m probe` fits
+    with one_blas_thread():
+        model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
+    coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype).reshape(-1, *shape)
+                   for v, shape in ((model.coef_, (x.shape[1],)), (model.intercept_, ())))
+    if coef.shape[0] == 1:  # scikit-learn's binary parametrization: class 0 at zero
+        coef, inter = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(inter), inter])
+    return coef, inter
+
+
 def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
     """(the head fit on pool positions `at`, seconds): scikit-learn's objective at plan.C over the
     classes those rows hold, by the torch solver or scikit-learn itself, as a Head over all the
@@ -174,19 +195,8 @@ def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
         fit = torch_lr.fit_many(x[None], torch.as_tensor(y, device=x.device)[None], torch.tensor([plan.C]),
                                 num_classes=len(seen), max_iter=plan.max_iter)
         coef, inter = fit.weights[0], fit.bias[0]  # [k, D], [k]
-    else:  # cuML's estimator has scikit-learn's parameters and attributes
-        if plan.backend == "cuml":
-            from cuml.linear_model import LogisticRegression
-        else:
-            from sklearn.linear_model import LogisticRegression
-
-        rows = x.cpu().numpy().astype(np.float32)  # [n, D], exactly what `python -m probe` fits
-        model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
-        coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype).reshape(-1, *shape)
-                       for v, shape in ((model.coef_, (x.shape[1],)), (model.intercept_, ())))
-        if len(seen) == 2:  # scikit-learn's binary parametrization: class 0 at zero
-            coef = torch.cat([torch.zeros_like(coef), coef])
-            inter = torch.cat([torch.zeros_like(inter), inter])
+    else:
+        coef, inter = _fit_estimator(plan, x, y)
     weight = torch.zeros(pool.classes, x.shape[1], dtype=x.dtype, device=x.device)
     bias = torch.full((pool.classes,), -1e9, dtype=x.dtype, device=x.device)
     index = torch.as_tensor(seen, device=x.device)

@@ -27,7 +27,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
-from probe.backends import fit_predict, torch_dtype
+from probe.backends import fit_predict, one_blas_thread, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
@@ -117,11 +117,9 @@ def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
     """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, test, C, max_iter, tol)."""
     import warnings
 
-    from threadpoolctl import threadpool_limits
-
     backend, x, y, test, C, max_iter, tol = task
     t = time.perf_counter()
-    with warnings.catch_warnings(), threadpool_limits(1, user_api="blas"):
+    with warnings.catch_warnings(), one_blas_thread():
         # one label per class is a few-shot curve's point, not a regression problem
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
         fit = fit_predict(backend, x, y, x_test=test.x, C=C, max_iter=max_iter, tol=tol)
