@@ -368,7 +368,8 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], *, settings:
                ("scikit-learn, tol 1e-4 (default)", "sklearn", "1e-4", None),
                ("scikit-learn, tol 1e-6", "sklearn", "1e-6", None)]
     rows, converged = [], None
-    for case, backend, tol, dtype in configs:
+    for what, backend, tol, dtype in configs:
+        case = f"{what}, {sub[0]} seeds x n=1..{sub[1]}"  # the same name measured or skipped
         if ctx.budget.left() < 15:
             rows.append(Row(bench, case, ctx.device.type, skipped="time budget"))
             continue
@@ -381,8 +382,8 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], *, settings:
             timing = _timed_probe(store, out, backend, seeds=sub[0], per_class=sub[1], extra=tuple(extra))
         answers = _answers(out)
         converged = converged or answers
-        rows.append(Row(bench, f"{case}, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type if backend ==
-                        "torch" else "cpu", timing.summary() if timing else None, None,
+        where = ctx.device.type if backend == "torch" else "cpu"
+        rows.append(Row(bench, case, where, timing.summary() if timing else None, None,
                         f"--backend {backend} --tol {tol}", "", settings | _distance(answers, converged)))
     return rows
 

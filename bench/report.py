@@ -31,10 +31,13 @@ def _machine(m: dict) -> str:
 
 
 def latest(rows: list[dict]) -> list[dict]:
-    """The newest row for each (bench, case, device, machine)."""
+    """The newest row for each (bench, case, device, machine); a skipped row replaces only
+    another skipped row, so a run that ran out of time never hides an earlier figure."""
     seen = {}
     for r in rows:
-        seen[(r["bench"], r["case"], r["device"], _machine(r["machine"]))] = r
+        key = (r["bench"], r["case"], r["device"], _machine(r["machine"]))
+        if not r.get("skipped") or seen.get(key, r).get("skipped"):
+            seen[key] = r
     return list(seen.values())
 
 

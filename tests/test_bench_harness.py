@@ -64,3 +64,15 @@ def test_rows_round_trip_and_the_report_keeps_the_newest(tmp_path):
     report = write_report(tmp_path).read_text()
     assert "| small | cpu | ours:" in report and "**2.00**" in report and "**3.00**" not in report
     assert "skipped: not installed" in report and (tmp_path / "ratios.png").exists()
+
+
+def test_a_skipped_row_never_hides_a_measured_one(tmp_path):
+    # a later run that ran out of time budget must not wipe an earlier figure off the report
+    mach = machine()
+    append(Row("gpu-probe", "tol 1e-8", "cuda", Timing([2.0], 12).summary()), mach, tmp_path)
+    append(Row("gpu-probe", "tol 1e-8", "cuda", skipped="time budget"), mach, tmp_path)
+    append(Row("gpu-probe", "cuML", "cuda", skipped="not installed"), mach, tmp_path)
+    append(Row("gpu-probe", "cuML", "cuda", skipped="still not installed"), mach, tmp_path)
+    newest = {r["case"]: r for r in latest(load_rows(tmp_path))}
+    assert newest["tol 1e-8"]["ours"]["median_s"] == 2.0 and not newest["tol 1e-8"]["skipped"]
+    assert newest["cuML"]["skipped"] == "still not installed"
