@@ -9,8 +9,7 @@ scikit-learn and cuML fit one problem at a time. scikit-learn fits in this proce
 BLAS thread (measured: a 1000-class fit ran 2.3x faster than with two); once the fits done
 here have taken POOL_AFTER_S, the rest go to up to `jobs` worker processes (one thread each)
 when that saves more than starting them costs (POOL_START_S), so small curves never pay for a
-pool. torch fits every seed and C of one label
-count as one batched problem (probe.torch_lr).
+pool. torch fits every seed and C of one label count as one batched problem (probe.torch_lr).
 """
 
 from __future__ import annotations
