@@ -76,11 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench import stages
     from bench.harness import RESULTS, machine
     from bench.report import write_report
+    from msnpipe.files import writable_dir
     from msnpipe.runtime import UserError, pick_device
 
     a.results = a.results or RESULTS
     try:
         device = pick_device(a.device)
+        a.work = a.work and writable_dir(a.work, "--work")
     except UserError as e:
         p.error(str(e))
     mach = machine()

@@ -83,6 +83,7 @@ def write_report(results: Path = RESULTS) -> Path:
         out += ["![ratios](ratios.png)", ""]
         _plot(rows, results / "ratios.png")
     path = results / "REPORT.md"
+    results.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out))
     return path
 

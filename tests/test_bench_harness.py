@@ -76,3 +76,17 @@ def test_a_skipped_row_never_hides_a_measured_one(tmp_path):
     newest = {r["case"]: r for r in latest(load_rows(tmp_path))}
     assert newest["tol 1e-8"]["ours"]["median_s"] == 2.0 and not newest["tol 1e-8"]["skipped"]
     assert newest["cuML"]["skipped"] == "still not installed"
+
+
+def test_work_folder_is_made_when_missing_and_a_file_is_refused(tmp_path, monkeypatch, capsys):
+    from bench import stages
+    from bench.__main__ import main
+    roots = []
+    monkeypatch.setattr(stages, "bench_shard", lambda ws: roots.append(ws.root) or [])
+    work = tmp_path / "not" / "yet"
+    assert main(["shard", "--work", str(work), "--results", str(tmp_path / "r")]) == 0
+    assert roots[0].parent == work
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit) as e:
+        main(["shard", "--work", str(tmp_path / "file"), "--results", str(tmp_path / "r")])
+    assert e.value.code == 2 and "is a file, expected a folder" in capsys.readouterr().err
