@@ -66,3 +66,14 @@ def test_the_tar_assembled_in_memory_is_the_one_tarfile_writes(tmp_path):
     assert b"".join(pieces) == buf.getvalue()
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
         assert [(m.name, m.offset_data, m.size) for m in tar] == [(m.name, m.offset, m.size) for m in members]
+
+
+@pytest.mark.parametrize("name, size", [
+    ("00000001.jpg", 70_000), ("00000001.cls", 1), ("0" * 99 + "j", 0), ("k" * 100, 8**11 - 1),
+    ("a" * 60 + "/" + "b" * 60, 5),  # tarfile splits it into prefix and name
+    ("ü.jpg", 3),  # not ASCII
+])
+def test_each_header_is_the_one_tarfile_writes(name, size):
+    from shard.writer import _tarinfo, ustar_header
+    assert ustar_header(name, size) == _tarinfo(name, size).tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING,
+                                                                  "surrogateescape")
