@@ -15,7 +15,6 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
@@ -63,13 +62,34 @@ def not_regular(mode: int) -> str | None:
     return f"not a regular file: {kind}"
 
 
+class SpecialFile(OSError):
+    """A path that is not a regular file (its message says what it is)."""
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of regular file `path`: one open, fstat and read (half the time of
+    Path.read_bytes on a cached 70 kB JPEG, and every file is read twice). A FIFO or device is
+    opened without blocking and refused with SpecialFile."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (why := not_regular(st.st_mode)) is not None:
+            raise SpecialFile(why)
+        parts = [os.read(fd, st.st_size + 1)]  # + 1: a file that grew since is read whole too
+        while parts[-1]:
+            parts.append(os.read(fd, 1 << 20))
+        return parts[0] if len(parts) == 2 else b"".join(parts)
+    finally:
+        os.close(fd)
+
+
 def check_image(path: str, max_side: int | None = None, validate: str = "fast") -> Verdict:
     """Say whether to keep, repair or skip `path`, and why: a usual, whole JPEG on its structure
     (with validate "fast"), anything else by decoding it fully."""
     try:
-        if (why := not_regular(os.stat(path).st_mode)) is not None:
-            return Verdict(SKIP, why)
-        data = Path(path).read_bytes()
+        data = read_regular(path)
+    except SpecialFile as e:
+        return Verdict(SKIP, str(e))
     except OSError as e:
         return Verdict(SKIP, f"unreadable: {e.strerror or e}")
     if not data:
@@ -97,7 +117,7 @@ def jpeg_payload(path: str, verdict: Verdict, quality: int, *, max_side: int | N
     """The bytes a sample stores: the file itself when kept, a fresh RGB JPEG when repaired."""
     if verdict.status not in (KEEP, REPAIR):
         raise ValueError(f"{path}: a skipped file has no payload ({verdict.detail})")
-    data = Path(path).read_bytes()
+    data = read_regular(path)
     if verdict.status == KEEP:
         return data
     with Image.open(io.BytesIO(data)) as img:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shard.images import KEEP, REPAIR, SKIP, check_image, jpeg_payload
+from shard.images import KEEP, REPAIR, SKIP, Verdict, check_image, jpeg_payload
 from tests.conftest import image_bytes, jpeg_bytes, make_zoo, write
 
 
@@ -79,3 +79,21 @@ def test_max_side_resizes_keeping_aspect(tmp_path):
     png = write(tmp_path / "x.png", image_bytes("png-rgba", w=80, h=40))
     v = check_image(str(png), max_side=40)
     assert v.detail == "PNG RGBA converted to RGB JPEG; resized 80x40 to 40x20"
+
+
+def test_read_regular_reads_whole_files_and_refuses_special_ones_without_blocking(tmp_path):
+    import os
+
+    from shard.images import SpecialFile, read_regular
+    for size in (0, 1, 70_000, 3 << 20):  # empty, tiny, a usual JPEG, more than one read's worth
+        data = np.random.default_rng(size).bytes(size)
+        (tmp_path / f"f{size}").write_bytes(data)
+        assert read_regular(str(tmp_path / f"f{size}")) == data
+    os.mkfifo(tmp_path / "pipe")  # opening it for reading would block without a writer
+    with pytest.raises(SpecialFile, match="not a regular file: a FIFO"):
+        read_regular(str(tmp_path / "pipe"))
+    with pytest.raises(SpecialFile, match="a folder"):
+        read_regular(str(tmp_path))
+    with pytest.raises(FileNotFoundError):
+        read_regular(str(tmp_path / "missing"))
+    assert check_image(str(tmp_path / "pipe")) == Verdict(SKIP, "not a regular file: a FIFO")
