@@ -17,6 +17,7 @@ about them, it accepts flipped bits there, and an EOI that comes early.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 
@@ -46,14 +47,18 @@ def _check(ok: bool) -> None:
         raise _Unusual
 
 
-def _dqt(seg: bytes, tables: set[int]) -> None:
-    i = 0
+@functools.lru_cache(maxsize=256)
+def _dqt(seg: bytes) -> tuple[int, ...]:
+    """The ids of a DQT segment's tables, each checked. Files from one encoder and quality share
+    their segments, so each distinct segment is checked once (here and in _dht)."""
+    i, ids = 0, []
     while i < len(seg):
         pq, tq = seg[i] >> 4, seg[i] & 15
         _check(pq <= 1 and tq < 4)
         i += 1 + 64 * (pq + 1)
         _check(i <= len(seg))
-        tables.add(tq)
+        ids.append(tq)
+    return tuple(ids)
 
 
 def _huffman_ok(counts: bytes, values: bytes, dc: bool) -> bool:
@@ -68,8 +73,10 @@ def _huffman_ok(counts: bytes, values: bytes, dc: bool) -> bool:
     return sum(counts) <= 256 and (not dc or all(v <= 15 for v in values))
 
 
-def _dht(seg: bytes, tables: set[tuple[int, int]]) -> None:
-    i = 0
+@functools.lru_cache(maxsize=256)
+def _dht(seg: bytes) -> tuple[tuple[int, int], ...]:
+    """The (class, id) of a DHT segment's tables, each checked as libjpeg checks it."""
+    i, ids = 0, []
     while i < len(seg):
         _check(i + 17 <= len(seg))
         tc, th = seg[i] >> 4, seg[i] & 15
@@ -77,8 +84,9 @@ def _dht(seg: bytes, tables: set[tuple[int, int]]) -> None:
         n = sum(counts)
         values = seg[i + 17 : i + 17 + n]
         _check(tc <= 1 and th < 4 and len(values) == n and _huffman_ok(counts, values, tc == 0))
-        tables.add((tc, th))
+        ids.append((tc, th))
         i += 17 + n
+    return tuple(ids)
 
 
 def _sof(marker: int, seg: bytes, quant: set[int]) -> _Frame:
@@ -156,9 +164,9 @@ def _walk(data: bytes, max_pixels: int, max_side: int | None) -> tuple[int, int]
         _check(length >= 2 and pos + length <= len(data))
         seg, pos = data[pos + 2 : pos + length], pos + length
         if marker == DQT:
-            _dqt(seg, quant)
+            quant.update(_dqt(seg))
         elif marker == DHT:
-            _dht(seg, huff)
+            huff.update(_dht(seg))
         elif marker in HUFFMAN_FRAMES:
             _check(frame is None)
             frame = _sof(marker, seg, quant)
