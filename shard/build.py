@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -116,7 +117,7 @@ def plan_shard(name: str, out: Path, split_dir: Path, *, index: int, part: list[
     return ShardJob(
         tar_path=out / f"{name}-{index:0{digits[1]}d}.tar",
         keys=[f"{start + j:0{digits[0]}d}" for j in range(len(part))],
-        sources=[str(split_dir / c.path) for c, _ in part],
+        sources=[os.path.join(split_dir, c.path) for c, _ in part],
         labels=[c.label for c, _ in part],
         verdicts=[v for _, v in part],
         quality=settings.quality,

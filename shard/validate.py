@@ -57,7 +57,7 @@ def _known(split_dir: Path, c: Candidate) -> tuple[Verdict | None, str | None]:
     if problem:
         return Verdict(SKIP, problem), None
     try:
-        st = os.stat(split_dir / c.path)
+        st = os.stat(os.path.join(split_dir, c.path))
     except OSError:
         return None, None  # check_image says why (dangling link, permission)
     if (why := not_regular(st.st_mode)) is not None:
@@ -95,7 +95,7 @@ def verdicts(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: i
             todo.append((i, ident))
     if known:
         log.info("%s: %d of %d files already validated", split_dir.name, len(known), len(cands))
-    checked = _checked([str(split_dir / cands[i].path) for i, _ in todo], max_side, how, pool=pool)
+    checked = _checked([os.path.join(split_dir, cands[i].path) for i, _ in todo], max_side, how, pool=pool)
     idents = dict(todo)
     bar = tqdm(total=len(todo), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
     with open(journal_path, "a", encoding="utf-8") as journal, bar:
