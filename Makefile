@@ -9,7 +9,7 @@ OUT     ?= out
 SPLITS  ?= train,val
 ENCODER ?= vits16_800ep
 WEIGHTS ?= weights
-WORKERS ?= $(shell nproc)
+WORKERS ?=
 STORE   ?= $(OUT)/embeddings.zarr
 MSN_URL := https://dl.fbaipublicfiles.com/msn
 MSN_SUBSETS := https://raw.githubusercontent.com/facebookresearch/msn/main
@@ -41,7 +41,7 @@ lint: setup ## ruff over the code
 	$(PY) -m ruff check .
 
 shards: setup ## DATA (ImageFolder) -> OUT/shards, validated WebDataset tars + DALI indexes
-	$(PY) -m shard $(DATA) $(OUT)/shards --splits $(SPLITS) --workers $(WORKERS)
+	$(PY) -m shard $(DATA) $(OUT)/shards --splits $(SPLITS) $(if $(WORKERS),--workers $(WORKERS))
 
 verify: setup ## re-read OUT/shards and check every tar, index and label
 	$(PY) -m shard.verify $(OUT)/shards

@@ -112,8 +112,7 @@ def prepare_images(ctx: Context) -> tuple[Path, Path]:
         classes = 20
         make_image_folder(images, classes, train=0, val=-(-ctx.sizes.images // classes), broken=0,
                           workers=CORES)
-        assert shard_main([str(images), str(shards), "--splits", "val", "--samples-per-shard", "500",
-                           "--workers", str(CORES)]) == 0
+        assert shard_main([str(images), str(shards), "--splits", "val", "--samples-per-shard", "500"]) == 0
     return images, shards
 
 

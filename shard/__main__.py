@@ -68,8 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="number labels by the class list of SPLIT, already sharded in OUT (for a "
                         "split that lacks some classes)")
     p.add_argument("--samples-per-shard", type=_positive, default=1000, help="default 1000")
-    p.add_argument("--workers", type=_positive, default=len(os.sched_getaffinity(0)),
-                   help="decoding processes (default: all cores)")
+    p.add_argument("--workers", type=_positive, default=len(os.sched_getaffinity(0)) + 1,
+                   help="worker processes (default: cores + 1, so one works while another waits for "
+                        "its shard's fsync)")
     p.add_argument("--max-side", type=_positive, default=None,
                    help="shrink images whose longer side exceeds PX (off: it changes embeddings)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG quality of re-encoded images")
