@@ -5,7 +5,9 @@
         write_atomic(out / "manifest.json", data) # readers see the old file or the new one
 
 Locks are `flock`s on a file that names its holder (pid, host, start, command); the kernel
-drops them when the holder dies, so a killed run never leaves a stale lock behind.
+drops them when the holder dies, so a killed run never leaves a stale lock behind. A flock
+belongs to the open file, which a fork shares: forked workers let go of their copies
+(`forget_inherited_locks`, run by msnpipe.pool), so the lock dies with its holder alone.
 """
 
 from __future__ import annotations
@@ -24,6 +26,21 @@ from msnpipe.runtime import UserError
 
 class Busy(UserError):
     """Another process is writing the same output."""
+
+
+_HELD: set[int] = set()  # descriptors of the locks this process holds
+
+
+def forget_inherited_locks() -> None:
+    """In a forked child: point its copies of the parent's lock descriptors at /dev/null (the
+    numbers stay taken, so nothing closes a reused one), so that only the parent holds them."""
+    if not _HELD:
+        return
+    null = os.open(os.devnull, os.O_RDONLY)
+    for fd in _HELD:
+        os.dup2(null, fd)
+    os.close(null)
+    _HELD.clear()
 
 
 def writable_dir(path: Path, what: str) -> Path:
@@ -58,6 +75,7 @@ def exclusive(lock_path: Path, what: str) -> Iterator[None]:
         f.close()
         raise Busy(f"{what} is being written by {holder}; wait for it to finish or stop it "
                    f"(lock file {lock_path})") from None
+    _HELD.add(f.fileno())
     try:
         f.seek(0)
         f.truncate()
@@ -65,6 +83,7 @@ def exclusive(lock_path: Path, what: str) -> Iterator[None]:
         f.flush()
         yield
     finally:
+        _HELD.discard(f.fileno())
         f.close()  # releases the lock; the file stays (removing it would race a new holder)
 
 

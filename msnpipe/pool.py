@@ -53,6 +53,9 @@ def worker_pool(workers: int, initializer: Callable | None = None, initargs: tup
 
 
 def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
+    from msnpipe.files import forget_inherited_locks
+
+    forget_inherited_locks()  # forked: the parent's locks must die with the parent alone
     die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)

@@ -45,6 +45,21 @@ def test_a_lock_held_by_another_process_names_it_and_dies_with_it(tmp_path):
         pass
 
 
+def _open_paths() -> list[str]:
+    return [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+            if os.path.exists(f"/proc/self/fd/{fd}")]
+
+
+def test_forked_workers_do_not_hold_their_parents_lock(tmp_path):
+    # a kill -9 of a shard run, then a rerun at once, was refused while its forked workers,
+    # which shared the lock's open file, were still exiting
+    from msnpipe.pool import worker_pool
+    lock = tmp_path / ".lock"
+    with exclusive(lock, "out"), worker_pool(1, method="fork") as pool:
+        assert str(lock) in _open_paths()
+        assert str(lock) not in pool.submit(_open_paths).result()
+
+
 def test_whole_lines_cuts_a_line_cut_short(tmp_path):
     path = tmp_path / "j.tsv"
     assert whole_lines(path) == []
