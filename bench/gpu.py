@@ -124,11 +124,12 @@ def checkpoint(ctx: Context, encoder: str) -> Path:
     return path if path.exists() else save_random_checkpoint(path, get_spec(encoder))
 
 
-def npy_store(ctx: Context, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
-    """A store of (x, y) per split, through embed.from_npy (as the reference's files would be)."""
+def npy_store(root: Path, name: str, splits: dict[str, tuple[np.ndarray, np.ndarray]]) -> Path:
+    """A store of (x, y) per split under `root`, through embed.from_npy from the .npy files the
+    reference reads (`root/<name>_npy`), made once."""
     from embed.from_npy import main as from_npy_main
 
-    folder, store = ctx.root / f"{name}_npy", ctx.root / f"{name}.zarr"
+    folder, store = root / f"{name}_npy", root / f"{name}.zarr"
     if not store.exists():
         folder.mkdir(parents=True, exist_ok=True)
         for split, (x, y) in splits.items():
@@ -317,7 +318,7 @@ def probe_rows(ctx: Context) -> list[Row]:
     from bench.synthetic import realistic_embeddings
 
     classes, dim, tr, te = ctx.sizes.probe
-    store = npy_store(ctx, "real", realistic_embeddings(classes, dim, {"train": tr, "val": te}, seed=0))
+    store = npy_store(ctx.root, "real", realistic_embeddings(classes, dim, {"train": tr, "val": te}, seed=0))
     s, dev = ctx.sizes, str(ctx.device)
     sub = (s.sk_seeds, s.sk_per_class)
     settings = {"classes": classes, "dim": dim, "train": classes * tr, "test": classes * te,
@@ -399,7 +400,7 @@ def knn_rows(ctx: Context) -> list[Row]:
     n_train, n_test, dim = ctx.sizes.knn
     per_class = {"train": max(1, n_train // 1000), "val": max(1, n_test // 1000)}
     data = realistic_embeddings(1000, dim, per_class, seed=1)
-    store = npy_store(ctx, "big", data)
+    store = npy_store(ctx.root, "big", data)
     train, test = open_embeddings(store, "big", "train"), open_embeddings(store, "big", "val")
     cpu = torch.device("cpu")
     ks = (10, 20, 100, 200) if not ctx.dry else (5,)

@@ -258,13 +258,13 @@ PROBE_CASES = {  # name: (classes, D, train and test rows per class, seeds, labe
 
 def _probe_case(ws: Workspace, name: str) -> tuple[Path, Path]:
     """(the reference's .npy folder, our store) of realistic embeddings for one case, made once."""
-    from bench.gpu import Budget, Context, npy_store
+    from bench.gpu import npy_store
     from bench.synthetic import realistic_embeddings
 
     classes, dim, tr, te, _, _ = PROBE_CASES[name]
-    ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
     tag = name.replace(" ", "")
-    store = npy_store(ctx, f"real{tag}", realistic_embeddings(classes, dim, {"train": tr, "val": te}, seed=0))
+    rows = realistic_embeddings(classes, dim, {"train": tr, "val": te}, seed=0)
+    store = npy_store(ws.root, f"real{tag}", rows)
     return ws.root / f"real{tag}_npy", store
 
 
@@ -333,14 +333,13 @@ ACTIVE_CASES = {  # name: (classes, D, pool and test rows per class, rounds afte
 
 def _active_case(ws: Workspace) -> tuple[str, Path, Path]:
     """(case name, the reference's .npy folder, our store) of realistic embeddings, made once."""
-    from bench.gpu import Budget, Context, npy_store
+    from bench.gpu import npy_store
     from bench.synthetic import realistic_embeddings
 
     name = "quick" if ws.sizes.quick else "full"
     classes, dim, pool, test, _ = ACTIVE_CASES[name]
-    ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
     rows = realistic_embeddings(classes, dim, {"train": pool, "val": test}, seed=1)
-    store = npy_store(ctx, f"active{name}", rows)
+    store = npy_store(ws.root, f"active{name}", rows)
     return name, ws.root / f"active{name}_npy", store
 
 
@@ -408,7 +407,7 @@ def bench_tolerance(ws: Workspace) -> list[Row]:
 
     classes, dim = (100, 256) if ws.sizes.repeats < 3 else (300, 384)
     ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
-    store = npy_store(ctx, "real", realistic_embeddings(classes, dim, {"train": 4, "val": 5}, seed=0))
+    store = npy_store(ws.root, "real", realistic_embeddings(classes, dim, {"train": 4, "val": 5}, seed=0))
     settings = {"classes": classes, "dim": dim, "data": "bench.synthetic.realistic_embeddings"}
     return tolerance_rows(ctx, store, (4, 3), settings=settings, bench="probe-tol")
 
