@@ -66,9 +66,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("store", type=Path)
     p.add_argument("--encoder", required=True)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--strategies",
-                   default="balanced,random,entropy,margin,coreset,typiclust,probcover,bald,epig",
-                   help=f"comma-separated, of: {', '.join(STRATEGY_NAMES)}")
+    p.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
+                   help=f"comma-separated, of: {', '.join(STRATEGY_NAMES)} (default: all)")
     p.add_argument("--init", type=int, default=1,
                    help="labels per class to start from (class-balanced); 0: none, a cold start")
     p.add_argument("--rounds", type=int, default=10, help="rounds after the first (default 10)")
