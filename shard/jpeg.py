@@ -89,7 +89,7 @@ def _dht(seg: bytes) -> tuple[tuple[int, int], ...]:
     return tuple(ids)
 
 
-def _sof(marker: int, seg: bytes, quant: set[int]) -> _Frame:
+def _sof(marker: int, seg: bytes) -> _Frame:
     _check(len(seg) >= 6)
     precision, height, width, n = struct.unpack(">BHHB", seg[:6])
     _check(precision == 8 and 0 < height <= MAX_DIMENSION and 0 < width <= MAX_DIMENSION)
@@ -169,7 +169,7 @@ def _walk(data: bytes, max_pixels: int, max_side: int | None) -> tuple[int, int]
             huff.update(_dht(seg))
         elif marker in HUFFMAN_FRAMES:
             _check(frame is None)
-            frame = _sof(marker, seg, quant)
+            frame = _sof(marker, seg)
             _check(frame.width * frame.height <= max_pixels)
             _check(max_side is None or max(frame.width, frame.height) <= max_side)
         elif marker == DRI:
