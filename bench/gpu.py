@@ -299,14 +299,16 @@ def _timed_probe(store: Path, out: Path, backend: str, *, seeds: int, per_class:
     return measure(run, 1, warmup=0, unit="fits/s")
 
 
-def _answers(out: Path) -> dict:
+def curve_answers(out: Path) -> dict:
+    """(seed, n_per_class) -> (accuracy, log-likelihood, iterations) of a probe run's fewshot.csv."""
     from probe.results import read_results
 
     return {(r["seed"], r["n_per_class"]): (float(r["test_acc"]), float(r["test_loglik"]), int(r["n_iter"]))
             for r in read_results(out / "fewshot.csv")}
 
 
-def _agreement(a: dict, b: dict) -> dict:
+def agreement(a: dict, b: dict) -> dict:
+    """How far two runs' answers (curve_answers) lie apart, over the fits both made."""
     keys = sorted(a.keys() & b.keys())
     return {"fits_compared": len(keys),
             "max_abs_acc_diff": round(max(abs(a[k][0] - b[k][0]) for k in keys), 4),
@@ -334,7 +336,7 @@ def probe_rows(ctx: Context) -> list[Row]:
         return rows + [Row("gpu-probe", "scikit-learn", "cpu", skipped="not installed (scikit-learn)")]
     sk = _timed_probe(store, ctx.root / "p_sk", "sklearn", seeds=sub[0], per_class=sub[1],
                       extra=("--jobs", str(CORES)))
-    agree = _agreement(_answers(ctx.root / "p_sk"), _answers(ctx.root / "p_torch"))
+    agree = agreement(curve_answers(ctx.root / "p_sk"), curve_answers(ctx.root / "p_torch"))
     rows.append(Row("gpu-probe", f"torch vs scikit-learn, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                     torch_sub.summary(), sk.summary(), f"--backend torch on {dev}",
                     f"--backend sklearn, {CORES} processes x 1 BLAS thread", settings | agree))
@@ -343,7 +345,7 @@ def probe_rows(ctx: Context) -> list[Row]:
         cu = _timed_probe(store, ctx.root / "p_cuml", "cuml", seeds=sub[0], per_class=sub[1])
         rows.append(Row("gpu-probe", f"torch vs cuML, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                         torch_sub.summary(), cu.summary(), f"--backend torch on {dev}", "--backend cuml",
-                        settings | _agreement(_answers(ctx.root / "p_cuml"), _answers(ctx.root / "p_torch"))))
+                        settings | agreement(curve_answers(ctx.root / "p_cuml"), curve_answers(ctx.root / "p_torch"))))
     else:
         rows.append(Row("gpu-probe", "cuML", "cuda", skipped="not installed (cuml)"))
     return rows
@@ -366,7 +368,9 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], *, settings:
                ("torch, float64, tol 1e-4", "torch", "1e-4", "float64"),
                ("torch, float32, tol 1e-6", "torch", "1e-6", "float32"),
                ("scikit-learn, tol 1e-4 (default)", "sklearn", "1e-4", None),
-               ("scikit-learn, tol 1e-6", "sklearn", "1e-6", None)]
+               ("scikit-learn, tol 1e-6", "sklearn", "1e-6", None),
+               ("numpy, tol 1e-4 (default)", "numpy", "1e-4", None),
+               ("numpy, tol 1e-6", "numpy", "1e-6", None)]
     rows, converged = [], None
     for what, backend, tol, dtype in configs:
         case = f"{what}, {sub[0]} seeds x n=1..{sub[1]}"  # the same name measured or skipped
@@ -380,7 +384,7 @@ def tolerance_rows(ctx: Context, store: Path, sub: tuple[int, int], *, settings:
             timing = None
         else:
             timing = _timed_probe(store, out, backend, seeds=sub[0], per_class=sub[1], extra=tuple(extra))
-        answers = _answers(out)
+        answers = curve_answers(out)
         converged = converged or answers
         where = ctx.device.type if backend == "torch" else "cpu"
         rows.append(Row(bench, case, where, timing.summary() if timing else None, None,

@@ -300,7 +300,10 @@ def _iterations(out: Path) -> int:
 def bench_probe(ws: Workspace) -> list[Row]:
     """A whole few-shot curve, start-up included: `python -m probe` against the reference's
     evaluate_embeddings.py run once per seed, on realistic embeddings (power-law spectrum,
-    overlapping classes: 50-110 L-BFGS iterations a fit, as on real ones)."""
+    overlapping classes: 50-110 L-BFGS iterations a fit, as on real ones). Each backend's answers
+    are compared with scikit-learn's, fit for fit."""
+    from bench.gpu import agreement, curve_answers
+
     counter, rows = itertools.count(), []
     cases = ("small", "100 classes") if ws.sizes.quick else ("small", "1000 classes")
     for name in cases:
@@ -311,14 +314,18 @@ def bench_probe(ws: Workspace) -> list[Row]:
                             unit="fits/s")
         settings = {"classes": classes, "dim": dim, "train": classes * tr, "test": classes * te,
                     "seeds": seeds, "n_per_class": f"1-{n}", "data": "realistic_embeddings"}
-        for backend in ("sklearn", "torch") if name != "small" else ("sklearn",):
+        outs = {}
+        for backend in ("sklearn", "numpy", "torch") if name != "small" else ("sklearn", "numpy"):
             mine = measure(lambda name=name, b=backend: _probe_processes(ws, name, b, counter=counter), reps,
                            warmup=0, unit="fits/s")
+            outs[backend] = curve_answers(ws.last_probe_out)
             label = f"python -m probe --backend {backend} (a process, start-up included)"
             case = f"{name}, D={dim}, {backend}"
+            answers = ({"vs_sklearn": agreement(outs["sklearn"], outs[backend])} if backend != "sklearn"
+                       else {})
             rows.append(Row("probe", case, "cpu", mine.summary(), reference.summary(), label,
                             "evaluate_embeddings.py, a process per seed",
-                            settings | {"median_iterations": _iterations(ws.last_probe_out)}))
+                            settings | {"median_iterations": _iterations(ws.last_probe_out)} | answers))
     from probe.backends import cuml_available
     if not cuml_available():
         rows.append(Row("probe", "cuML backend", "cuda", skipped="cuML cannot run here (no GPU)"))
@@ -348,7 +355,7 @@ def _active_process(ws: Workspace, strategy: str, *, counter) -> int:
     its rounds."""
     name, _, store = _active_case(ws)
     rounds = ACTIVE_CASES[name][4]
-    backend = "torch" if ws.device.type == "cuda" else "sklearn"
+    backend = "torch" if ws.device.type == "cuda" else "numpy"  # what `auto` picks there
     out = ws.root / f"active_{next(counter)}"
     subprocess.run([sys.executable, "-m", "probe.active", str(store), "--encoder", f"active{name}",
                     "--strategies", strategy, "--seeds", "0", "--rounds", str(rounds), "--backend", backend,
@@ -431,7 +438,8 @@ def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
                            "--weights", weights, "--out", str(out / "s.zarr")]) == 0
     times["embed"], t = time.perf_counter() - t, time.perf_counter()
     assert probe_main([str(out / "s.zarr"), "--encoder", "vits16_800ep", "--per-class",
-                       f"1-{s.label_counts}", "--seeds", f"0-{s.seeds - 1}", "--backend", "sklearn",
+                       f"1-{s.label_counts}", "--seeds", f"0-{s.seeds - 1}", "--backend",
+                       "torch" if ws.device.type == "cuda" else "numpy", "--device", ws.device.type,
                        "--out", str(out / "probe")]) == 0
     times["probe"] = time.perf_counter() - t
     shutil.rmtree(out)

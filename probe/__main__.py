@@ -24,7 +24,7 @@ from pathlib import Path
 from msnpipe.files import writable_dir
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import float_list, int_list
-from probe.backends import BACKENDS, SOLVER_DTYPES, resolve, torch_dtype
+from probe.backends import BACKENDS, SOLVER_DTYPES, recorded_dtype, resolve
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
 from probe.multilabel import run_multilabel
@@ -48,12 +48,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tol", type=float, default=1e-4,
                    help="stop when max |gradient| <= TOL (default 1e-4, scikit-learn's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: torch on a GPU, else scikit-learn (see README for the measurements)")
+                   help="auto: torch on a GPU, else numpy (see README for the measurements)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
-                   help="the torch backend's precision (auto: float64; float32 misses parity)")
+                   help="the precision solved in (auto: float64 for torch, where float32 misses parity; "
+                        "the rows' own, float32, for the others, as scikit-learn)")
     p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
-                   help="scikit-learn fits at once, one BLAS thread each (default: all cores)")
+                   help="CPU fits at once (sklearn, numpy), one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",
                    help="multi-hot labels: one-vs-rest fits on the whole train split, mAP (VOC07)")
     p.add_argument("--seed-layout", action="store_true",
@@ -73,8 +74,7 @@ def identity(a: argparse.Namespace, train, test, *, proto: Protocol) -> dict:
     return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
             "Cs": list(proto.Cs), "max_iter": proto.max_iter, "tol": proto.tol, "backend": proto.backend,
-            "solver_dtype": (str(torch_dtype(proto.device, proto.solver_dtype)) if proto.backend == "torch"
-                             else None)}
+            "solver_dtype": recorded_dtype(proto.backend, proto.device, proto.solver_dtype)}
 
 
 def run(a: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from msnpipe.files import write_atomic
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import int_list
+from probe.backends import BACKENDS
 from probe.results import ResultFile
 
 log = logging.getLogger("probe")
@@ -78,8 +79,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-split", default="train")
     p.add_argument("--test-split", default="val")
     p.add_argument("--pool-max", type=int, default=100_000, help="subsample a larger pool (seeded)")
-    p.add_argument("--backend", choices=("auto", "torch", "sklearn", "cuml"), default="auto",
-                   help="auto: torch on a GPU, else scikit-learn")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 weight of the head (default 1)")
     p.add_argument("--max-iter", type=int, default=1000)
@@ -154,21 +155,28 @@ def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
 
 
 def _fit_estimator(plan: Plan, x, y: np.ndarray) -> tuple:
-    """(coef [k, D], intercept [k]) of scikit-learn's (or cuML's, which has the same parameters
-    and attributes) LogisticRegression on rows x [n, D] (a tensor) with labels y in 0..k-1."""
+    """(coef [k, D], intercept [k]) of scikit-learn's LogisticRegression on rows x [n, D] (a
+    tensor) with labels y in 0..k-1: fit by the numpy backend (scikit-learn's solve, probe.numpy_lr),
+    scikit-learn itself, or cuML (the same parameters and attributes)."""
     import torch
 
-    from probe.backends import one_blas_thread
+    from probe.backends import TOL, one_blas_thread
 
-    if plan.backend == "cuml":
-        from cuml.linear_model import LogisticRegression
-    else:
-        from sklearn.linear_model import LogisticRegression
     rows = x.cpu().numpy().astype(np.float32)  # [n, D], exactly what `python -m probe` fits
     with one_blas_thread():
-        model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
+        if plan.backend == "numpy":
+            from probe import numpy_lr
+
+            coef, inter, _ = numpy_lr.fit(rows, y, C=plan.C, max_iter=plan.max_iter, tol=TOL)
+        else:
+            if plan.backend == "cuml":
+                from cuml.linear_model import LogisticRegression
+            else:
+                from sklearn.linear_model import LogisticRegression
+            model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
+            coef, inter = model.coef_, model.intercept_
     coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype).reshape(-1, *shape)
-                   for v, shape in ((model.coef_, (x.shape[1],)), (model.intercept_, ())))
+                   for v, shape in ((coef, (x.shape[1],)), (inter, ())))
     if coef.shape[0] == 1:  # scikit-learn's binary parametrization: class 0 at zero
         coef, inter = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(inter), inter])
     return coef, inter
@@ -176,8 +184,8 @@ def _fit_estimator(plan: Plan, x, y: np.ndarray) -> tuple:
 
 def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
     """(the head fit on pool positions `at`, seconds): scikit-learn's objective at plan.C over the
-    classes those rows hold, by the torch solver or scikit-learn itself, as a Head over all the
-    pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
+    classes those rows hold, by the torch solver or a CPU backend (_fit_estimator), as a Head over
+    all the pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
     give the constant head that always answers it."""
     import torch
 

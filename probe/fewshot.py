@@ -5,8 +5,9 @@ for, so draws match the reference even when only some n are fitted): draw n per 
 fit L2 logistic regression on the train-standardized rows, score on the test split.
 Rows are appended to fewshot.csv as they finish; a rerun skips rows already there.
 
-scikit-learn and cuML fit one problem at a time. scikit-learn fits in this process with one
-BLAS thread (measured: a 1000-class fit ran 2.3x faster than with two); once the fits done
+scikit-learn, numpy and cuML fit one problem at a time. The CPU backends (scikit-learn, numpy)
+fit in this process with one BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x
+faster than with two); once the fits done
 here have taken POOL_AFTER_S, the rest go to up to `jobs` worker processes (one thread each)
 when that saves more than starting them costs (POOL_START_S), so small curves never pay for a
 pool. torch fits every seed and C of one label count as one batched problem (probe.torch_lr).
@@ -26,7 +27,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
-from probe.backends import fit_predict, one_blas_thread, torch_dtype
+from probe.backends import ONE_FIT_AT_A_TIME, fit_predict, one_blas_thread, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
@@ -44,10 +45,10 @@ class Protocol:
     Cs: tuple[float, ...] = (1.0,)
     max_iter: int = 1000
     backend: str = "sklearn"
-    jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn)
+    jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn, numpy)
     device: str = "cpu"  # where the torch backend runs
     tol: float = 1e-4  # stop at max |gradient| <= tol (scikit-learn's default)
-    solver_dtype: str = "auto"  # the torch backend's precision: auto (float64) | float32 | float64
+    solver_dtype: str = "auto"  # float32 | float64 | auto: float64 for torch, the rows' own for the others
 
 
 @dataclass(frozen=True)
@@ -113,15 +114,16 @@ def _one_thread() -> None:
 
 
 def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
-    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, test, C, max_iter, tol)."""
+    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, test, C, max_iter,
+    tol, solver_dtype)."""
     import warnings
 
-    backend, x, y, test, C, max_iter, tol = task
+    backend, x, y, test, C, max_iter, tol, dtype = task
     t = time.perf_counter()
     with warnings.catch_warnings(), one_blas_thread():
         # one label per class is a few-shot curve's point, not a regression problem
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        fit = fit_predict(backend, x, y, x_test=test.x, C=C, max_iter=max_iter, tol=tol)
+        fit = fit_predict(backend, x, y, x_test=test.x, C=C, max_iter=max_iter, tol=tol, solver_dtype=dtype)
     acc, loglik = score(fit.probs, fit.classes, test.y)
     return acc, loglik, time.perf_counter() - t, fit.n_iter
 
@@ -136,7 +138,7 @@ def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.
         for t in mine:
             part = slice(offset, offset + len(t.indices))
             offset += len(t.indices)
-            yield proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol
+            yield proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol, proto.solver_dtype
 
 
 def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
@@ -152,12 +154,12 @@ def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
 
 def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tuple]:
     """The fits' results in order: here, until pool_workers says the rest should go to worker
-    processes (scikit-learn only)."""
+    processes (the CPU backends: scikit-learn, numpy)."""
     spent, pool = 0.0, None
     try:
         for i, task in enumerate(fits):
             workers = pool_workers(spent=spent, done=i, left=left - i, jobs=proto.jobs)
-            if proto.backend == "sklearn" and workers:
+            if proto.backend in ONE_FIT_AT_A_TIME and workers:
                 pool = worker_pool(workers, _one_thread)
                 log.info("fits take %.2f s each: the %d left go to %d processes", spent / i, left - i,
                          workers)
@@ -174,7 +176,7 @@ def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tupl
 def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray,
                 proto: Protocol,
                 results: ResultFile, tasks: list[Task]) -> list[dict]:
-    """scikit-learn or cuML: one fit at a time (or `jobs` at once, when that pays), rows in order."""
+    """scikit-learn, numpy or cuML: one fit at a time (or `jobs` at once, when that pays), rows in order."""
     rows = []
     fits = _results(proto, _fits(train, test, mean, std=std, proto=proto, tasks=tasks), len(tasks))
     for i, (t, (acc, loglik, secs, n_iter)) in enumerate(zip(tasks, fits)):

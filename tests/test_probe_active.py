@@ -205,14 +205,15 @@ def test_a_cold_start_refuses_strategies_that_need_a_model(tmp_path, capsys):
     assert "--init 0 starts with no labels, so no model: bald, margin rank rows by one" in err
 
 
-def test_balanced_is_the_few_shot_curve(tmp_path):
+@pytest.mark.parametrize("backend", ["sklearn", "numpy"])
+def test_balanced_is_the_few_shot_curve(tmp_path, backend):
     from probe.__main__ import main as probe_main
     store = _store(tmp_path, classes=5, per_class=20, dim=6, spread=1.5)
     assert active_main([str(store), "--encoder", "syn", "--out", str(tmp_path / "a"), "--strategies",
                         "balanced", "--init", "1", "--rounds", "3", "--seeds", "0-2",
-                        "--backend", "sklearn"]) == 0
+                        "--backend", backend]) == 0
     assert probe_main([str(store), "--encoder", "syn", "--out", str(tmp_path / "p"), "--per-class", "1-4",
-                       "--seeds", "0-2", "--backend", "sklearn", "--jobs", "1"]) == 0
+                       "--seeds", "0-2", "--backend", backend, "--jobs", "1"]) == 0
     with open(tmp_path / "p" / "fewshot.csv", newline="") as f:
         few = {(int(r["seed"]), int(r["n_labels"])): float(r["test_acc"]) for r in csv.DictReader(f)}
     with open(tmp_path / "a" / "active.csv", newline="") as f:
@@ -230,21 +231,25 @@ def test_balanced_is_the_few_shot_curve(tmp_path):
     assert cells["syn [balanced]"]["10 labels"] == pytest.approx(want)
 
 
-def test_scikit_learn_fits_run_with_one_blas_thread(tmp_path, monkeypatch):
+@pytest.mark.parametrize("backend", ["sklearn", "numpy"])
+def test_cpu_fits_run_with_one_blas_thread(tmp_path, monkeypatch, backend):
     # lbfgs over a few hundred rows runs 2.7x faster with one BLAS thread than with two (a
     # 6-round balanced run, 100 classes, D=384: 16.2 s against 6.1 s), as probe's fits do
     from sklearn.linear_model import LogisticRegression
     from threadpoolctl import threadpool_info
-    threads, fit = [], LogisticRegression.fit
 
-    def counting_fit(self, *args, **kwargs):
+    from probe import numpy_lr
+    owner, name = (LogisticRegression, "fit") if backend == "sklearn" else (numpy_lr, "fit")
+    threads, fit = [], getattr(owner, name)
+
+    def counting_fit(*args, **kwargs):
         threads.append(max(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"))
-        return fit(self, *args, **kwargs)
+        return fit(*args, **kwargs)
 
-    monkeypatch.setattr(LogisticRegression, "fit", counting_fit)
+    monkeypatch.setattr(owner, name, counting_fit)
     store = _store(tmp_path, classes=4, per_class=10, dim=6, spread=1.5)
     assert active_main([str(store), "--encoder", "syn", "--out", str(tmp_path / "a"), "--strategies",
-                        "entropy", "--rounds", "2", "--seeds", "0", "--backend", "sklearn"]) == 0
+                        "entropy", "--rounds", "2", "--seeds", "0", "--backend", backend]) == 0
     assert threads == [1, 1, 1]
 
 
@@ -261,7 +266,7 @@ def test_a_fit_head_gives_scikit_learns_probabilities_over_the_pools_classes(cla
     pool = Pool(np.arange(40), torch.tensor(x), None, labels, None, None, 4)
     at = np.flatnonzero(labels < classes)[::2]
     want = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x[at], labels[at]).predict_proba(x)
-    for backend in ("sklearn", "torch"):
+    for backend in ("sklearn", "numpy", "torch"):
         head, _ = fit_head(pool, at, Plan(strategies=("entropy",), seeds=(0,), init=1, budgets=(4,),
                                            backend=backend, max_iter=10_000))
         got = torch.softmax(head.logits(torch.tensor(x)), dim=1).numpy()  # [40, 4]

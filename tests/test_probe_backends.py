@@ -1,4 +1,4 @@
-"""probe.backends: scikit-learn and torch against an independent scipy fit of the same
+"""probe.backends: scikit-learn, numpy and torch against an independent scipy fit of the same
 objective; cuML against scikit-learn on a GPU."""
 
 import numpy as np
@@ -31,7 +31,7 @@ def scipy_fit(x, y, C, fit_intercept=True):
     return lambda xt: np.exp(log_softmax(xt @ w + b, axis=1))
 
 
-@pytest.mark.parametrize("backend", ["sklearn", "torch"])
+@pytest.mark.parametrize("backend", ["sklearn", "numpy", "torch"])
 @pytest.mark.parametrize("C, fit_intercept", [(1.0, True), (0.1, True), (4.0, False)])
 def test_backends_solve_the_stated_objective(backend, C, fit_intercept):
     x, y = gaussian_mixture(6, 5, 8, seed=1)
@@ -46,8 +46,8 @@ def test_backends_solve_the_stated_objective(backend, C, fit_intercept):
 
 
 def test_backend_resolution():
-    assert resolve("sklearn") == "sklearn" and resolve("torch") == "torch"
-    assert resolve("auto") == ("torch" if cuda_available() else "sklearn")
+    assert resolve("sklearn") == "sklearn" and resolve("torch") == "torch" and resolve("numpy") == "numpy"
+    assert resolve("auto") == ("torch" if cuda_available() else "numpy")
     with pytest.raises(UserError, match="unknown backend"):
         resolve("jax")
     if not cuml_available():

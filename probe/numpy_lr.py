@@ -1,0 +1,124 @@
+"""scikit-learn's multinomial lbfgs fit, with a faster loss: `--backend numpy`.
+
+    coef, intercept, n_iter = fit(x, y, C=1.0, max_iter=1000, tol=1e-4)   # x [n, D], y [n] in 0..K-1
+    probs = predict_proba(x_test, coef, intercept)                          # [N, K]
+    probs, classes, n_iter = fit_predict(x, y, x_test, C=1.0, max_iter=1000, tol=1e-4)  # any labels
+
+The solve is scikit-learn's `LogisticRegression(C).fit` with lbfgs, step for step: the same
+objective (mean log-loss + ||W||^2 / (2 C n), unpenalized intercept), the same start (zeros),
+scipy's L-BFGS-B with scikit-learn's options (maxls 50, gtol = tol, ftol = 64 eps), in the
+rows' precision (float32 rows: float32 products, as scikit-learn computes them). Only the loss
+and gradient are computed differently, in row blocks that stay in cache:
+
+    raw = [x, 1] @ W.T             [B, K]   one product per block, the intercept a column of W
+    e   = exp(raw - max_k raw)     [B, K]   in place; lse = log(sum_k e) + max
+    grad += e.T @ ([x, 1] / sum_k e)   [K, D+1]   the row scaling on the narrow side
+    grad -= onehot(y).T @ [x, 1]   (fixed: computed once per fit)
+
+Measured on one core (1000 classes, D=64, 10,000 rows): 40 ms a call against scikit-learn's
+109 ms, of which its Cython softmax loop took about 60. On float64 rows the fits are scikit-learn's
+(the same iterations and probabilities, tests/test_probe_numpy.py); on float32 rows both round
+differently, and their answers differ as scikit-learn's own float32 and float64 fits do.
+Two classes use scikit-learn itself: its binary parametrization is another objective, and a
+binary fit has one weight vector, which its loss already handles quickly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BLOCK_ROWS = 1024  # rows per block: measured fastest (or within 3%) from 128 to 4096 rows, on
+# one core, at K 100-1000 and D 64-1024
+
+
+class MultinomialLoss:
+    """scikit-learn's `LinearModelLoss(HalfMultinomialLoss).loss_gradient` for fixed rows:
+    called with coef [K * (D+1)] (classes contiguous, scikit-learn's F-order ravel), returns
+    (mean loss + penalty, gradient in the same layout)."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, *, classes: int, l2: float, intercept: bool):
+        n, d = x.shape
+        self.x = np.empty((n, d + intercept), x.dtype)  # [n, D(+1)]: rows with a column of ones
+        self.x[:, :d] = x
+        if intercept:
+            self.x[:, d] = 1
+        self.y, self.classes, self.l2, self.intercept = y, classes, l2, intercept
+        self.block = min(n, BLOCK_ROWS)
+        self.logits = np.empty((self.block, classes), x.dtype)  # [B, K], reused by every call
+        self.scaled = np.empty((self.block, d + intercept), x.dtype)  # [B, D(+1)]
+        self.label_sums = np.zeros((classes, d + intercept))  # [K, D(+1)]: sum of the rows of each label
+        np.add.at(self.label_sums, y, self.x)
+
+    def __call__(self, coef: np.ndarray) -> tuple[float, np.ndarray]:
+        n, dof = self.x.shape
+        w = coef.reshape((self.classes, dof), order="F")  # [K, D(+1)] float64
+        wt = w.T.astype(self.x.dtype)  # [D(+1), K] in the rows' precision, as scikit-learn casts it
+        grad = np.zeros((self.classes, dof))  # [K, D(+1)]
+        lse = 0.0  # sum over rows of log sum_k exp(raw)
+        for start in range(0, n, self.block):
+            xb = self.x[start : start + self.block]  # [B, D(+1)]
+            raw, scaled = self.logits[: len(xb)], self.scaled[: len(xb)]
+            np.matmul(xb, wt, out=raw)
+            top = raw.max(1, keepdims=True)  # [B, 1]
+            np.subtract(raw, top, out=raw)
+            np.exp(raw, out=raw)
+            total = raw.sum(1, keepdims=True)  # [B, 1], >= 1
+            lse += float(np.sum(np.log(total, dtype=np.float64) + top))
+            if self.classes <= dof:  # softmax = e / total, scaling the narrower side
+                grad += (raw / total).T @ xb
+            else:
+                grad += raw.T @ np.divide(xb, total, out=scaled)  # sum over rows of softmax x row
+        grad -= self.label_sums  # the one-hot part of softmax - onehot(y)
+        grad /= n
+        picked = float(np.sum(w * self.label_sums))  # sum over rows of raw[y]
+        weights = w[:, : dof - self.intercept]  # the intercept is not penalized
+        grad[:, : weights.shape[1]] += self.l2 * weights
+        loss = (lse - picked) / n + 0.5 * self.l2 * float(np.sum(weights * weights))
+        return loss, grad.ravel(order="F")
+
+
+def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float,
+        fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """scikit-learn's (coef_, intercept_, n_iter_) of `LogisticRegression(C)` fit on x [n, D] with
+    labels y [n] in 0..K-1, every one present: coef [K, D] and intercept [K], or [1, D] and [1]
+    for two classes (scikit-learn's own binary fit)."""
+    classes, dim = int(y.max()) + 1, x.shape[1]
+    if classes < 3:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol).fit(x, y)
+        return model.coef_, np.atleast_1d(model.intercept_), int(model.n_iter_[0])
+    from scipy import optimize
+
+    loss = MultinomialLoss(np.ascontiguousarray(x), y, classes=classes, l2=1.0 / (C * len(x)),
+                           intercept=fit_intercept)
+    dof = dim + fit_intercept
+    result = optimize.minimize(loss, np.zeros(classes * dof), method="L-BFGS-B", jac=True,
+                               options={"maxiter": max_iter, "maxls": 50, "gtol": tol,
+                                        "ftol": 64 * np.finfo(float).eps})
+    w = result.x.reshape((classes, dof), order="F")
+    intercept = w[:, dim] if fit_intercept else np.zeros(classes)
+    return w[:, :dim], intercept, min(int(result.nit), max_iter)
+
+
+def predict_proba(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
+    """scikit-learn's `predict_proba` [N, K] for rows x [N, D] (float64): the softmax of the
+    logits, or [1 - p, p] with p = sigmoid(logit) for a binary coef [1, D]."""
+    from scipy.special import expit
+
+    logits = x.astype(np.float64) @ coef.T + intercept  # [N, K] (binary: [N, 1])
+    if coef.shape[0] == 1:
+        p = expit(logits[:, 0])
+        return np.stack([1 - p, p], 1)
+    logits -= logits.max(1, keepdims=True)
+    np.exp(logits, out=logits)
+    return logits / logits.sum(1, keepdims=True)
+
+
+def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, max_iter: int,
+                tol: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+    """(test probabilities [N, K], classes [K], iterations) of the fit on (x, y), over the
+    classes of y in sorted order, as scikit-learn's `predict_proba` gives them."""
+    classes, codes = np.unique(y, return_inverse=True)
+    coef, intercept, n_iter = fit(x, codes, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept)
+    return predict_proba(x_test, coef, intercept), classes, n_iter

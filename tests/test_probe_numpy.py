@@ -1,0 +1,76 @@
+"""probe --backend numpy against scikit-learn itself: its loss and gradient call for call, and
+on float64 rows its fits iteration for iteration (the converged CLI curve is in
+test_probe_torch.py, with the torch backend's)."""
+
+import numpy as np
+import pytest
+from sklearn._loss.loss import HalfMultinomialLoss
+from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model._linear_loss import LinearModelLoss
+
+from bench.synthetic import realistic_embeddings
+from probe import numpy_lr
+from probe.backends import fit_predict
+
+
+@pytest.mark.parametrize("classes, dim", [(7, 12), (30, 5)])  # softmax scaled on either side
+@pytest.mark.parametrize("intercept", [True, False])
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 2e-5)])
+def test_the_loss_and_gradient_are_scikit_learns(classes, dim, intercept, dtype, rtol, monkeypatch):
+    monkeypatch.setattr(numpy_lr, "BLOCK_ROWS", 16)  # several blocks and a short last one
+    rng = np.random.default_rng(0)
+    n = 61
+    x, y = (rng.normal(size=(n, dim)) * 2).astype(dtype), rng.integers(0, classes, n)
+    coef = rng.normal(size=classes * (dim + intercept))
+    ours = numpy_lr.MultinomialLoss(x, y, classes=classes, l2=0.07, intercept=intercept)
+    ref = LinearModelLoss(base_loss=HalfMultinomialLoss(n_classes=classes), fit_intercept=intercept)
+    for scale in (0.1, 3.0, 40.0):  # large logits: the max is subtracted before exp
+        loss, grad = ours(coef * scale)
+        ref_loss, ref_grad = ref.loss_gradient(coef * scale, x, y.astype(dtype), None, 0.07)
+        np.testing.assert_allclose(loss, ref_loss, rtol=rtol)
+        np.testing.assert_allclose(grad, ref_grad, rtol=rtol, atol=rtol * np.abs(ref_grad).max())
+
+
+def _rows(classes: int, dim: int, per_class: int, seed: int):
+    data = realistic_embeddings(classes, dim, {"train": per_class, "val": 20}, seed=seed)
+    (x, y), (xt, yt) = data["train"], data["val"]
+    mean, std = x.mean(0), x.std(0)
+    return (x - mean) / std, y, (xt - mean) / std, yt
+
+
+@pytest.mark.filterwarnings("ignore:The number of unique classes")
+@pytest.mark.parametrize("C, intercept", [(1.0, True), (0.3, False)])
+def test_on_float64_rows_every_fit_is_scikit_learns(C, intercept):
+    """The same solver on the same objective in the same precision: the same iterations and
+    the same probabilities, at the default tol where a solver stops is fragile."""
+    for seed, (classes, dim, per_class) in enumerate([(40, 32, 1), (40, 32, 3), (12, 64, 5)]):
+        x, y, xt, _ = (a.astype(np.float64) if a.dtype.kind == "f" else a
+                       for a in _rows(classes, dim, per_class, seed))
+        probs, labels, n_iter = numpy_lr.fit_predict(x, y, xt, C=C, max_iter=1000, tol=1e-4,
+                                                     fit_intercept=intercept)
+        ref = LogisticRegression(C=C, max_iter=1000, fit_intercept=intercept).fit(x, y)
+        assert n_iter == ref.n_iter_[0] > 10
+        assert labels.tolist() == ref.classes_.tolist()
+        np.testing.assert_allclose(probs, ref.predict_proba(xt), atol=1e-6)
+
+
+def test_on_float32_rows_both_round_alike():
+    """float32 rows: both compute the products in float32 and round differently, so their
+    default-tol answers differ, as scikit-learn's own float32 and float64 fits do."""
+    x, y, xt, yt = _rows(200, 32, 2, seed=4)
+    acc = lambda p, c: np.mean(c[p.argmax(1)] == yt)  # noqa: E731
+    probs, labels, _ = numpy_lr.fit_predict(x, y, xt, C=1.0, max_iter=1000, tol=1e-4)
+    sk32 = LogisticRegression(max_iter=1000).fit(x, y)
+    sk64 = LogisticRegression(max_iter=1000).fit(x.astype(np.float64), y)
+    p32, p64 = sk32.predict_proba(xt), sk64.predict_proba(xt)
+    spread = np.abs(p32 - p64).max()
+    assert np.abs(probs - p32).max() <= 3 * spread
+    assert abs(acc(probs, labels) - acc(p32, sk32.classes_)) <= 0.01
+
+
+def test_two_classes_are_scikit_learns_binary_fit():
+    x, y, xt, _ = _rows(2, 16, 20, seed=5)
+    fit = fit_predict("numpy", x, y, x_test=xt, C=0.5, max_iter=1000)
+    ref = LogisticRegression(C=0.5, max_iter=1000).fit(x, y)
+    np.testing.assert_allclose(fit.probs, ref.predict_proba(xt), atol=1e-6)  # its float32 logits
+    assert fit.n_iter == ref.n_iter_[0]
