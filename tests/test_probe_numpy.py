@@ -72,5 +72,5 @@ def test_two_classes_are_scikit_learns_binary_fit():
     x, y, xt, _ = _rows(2, 16, 20, seed=5)
     fit = fit_predict("numpy", x, y, x_test=xt, C=0.5, max_iter=1000)
     ref = LogisticRegression(C=0.5, max_iter=1000).fit(x, y)
-    np.testing.assert_allclose(fit.probs, ref.predict_proba(xt), atol=1e-6)  # its float32 logits
+    np.testing.assert_allclose(fit.probs, ref.predict_proba(xt), atol=1e-6)  # its float32 softmax
     assert fit.n_iter == ref.n_iter_[0]
