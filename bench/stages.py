@@ -326,9 +326,48 @@ def bench_probe(ws: Workspace) -> list[Row]:
             rows.append(Row("probe", case, "cpu", mine.summary(), reference.summary(), label,
                             "evaluate_embeddings.py, a process per seed",
                             settings | {"median_iterations": _iterations(ws.last_probe_out)} | answers))
+    rows += bench_probe_fit(ws)
     from probe.backends import cuml_available
     if not cuml_available():
         rows.append(Row("probe", "cuML backend", "cuda", skipped="cuML cannot run here (no GPU)"))
+    return rows
+
+
+FIT_CASES = ((1000, 64, 1), (1000, 64, 10), (100, 384, 6), (1000, 1024, 1))  # classes, D, labels a class
+FIT_CASES_QUICK = ((100, 64, 3), (100, 384, 3))
+
+
+def _one_fit(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> int:
+    from probe.backends import fit_predict, one_blas_thread
+
+    with one_blas_thread():
+        fit_predict(backend, x, y, x_test=x_test, C=1.0, max_iter=1000)
+    return 1
+
+
+def bench_probe_fit(ws: Workspace) -> list[Row]:
+    """One few-shot fit and its test prediction on one core: `--backend numpy` against
+    scikit-learn's LogisticRegression (what the reference fits), across classes and D: where
+    the numpy loss pays (many classes, small D) and where both spend the time alike (D=1024)."""
+    import warnings
+
+    from bench.synthetic import realistic_embeddings
+
+    rows = []
+    for classes, dim, per_class in FIT_CASES_QUICK if ws.sizes.quick else FIT_CASES:
+        data = realistic_embeddings(classes, dim, {"train": per_class, "val": 5}, seed=0)
+        (x, y), (xt, _) = data["train"], data["val"]
+        mean, std = x.mean(0), x.std(0)
+        x, xt = (x - mean) / std, (xt - mean) / std  # float32, as probe reads a store
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+            sk = measure(lambda: _one_fit("sklearn", x, y, xt), ws.sizes.repeats, unit="fits/s")
+            ours = measure(lambda: _one_fit("numpy", x, y, xt), ws.sizes.repeats, unit="fits/s")
+        rows.append(Row("probe", f"one fit, {classes} classes, D={dim}, {per_class} a class", "cpu",
+                        ours.summary(), sk.summary(), "--backend numpy, one BLAS thread",
+                        "scikit-learn's LogisticRegression, one BLAS thread",
+                        {"classes": classes, "dim": dim, "train": len(x), "test": len(xt),
+                         "data": "realistic_embeddings, float32"}))
     return rows
 
 
