@@ -102,7 +102,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lambd", type=float, default=LAMBD, help="L2 weight, default 0.00025")
     p.add_argument("--max-iter", type=int, default=1000)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="auto: torch on a GPU, else scikit-learn")
+                   help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/msn.csv")
     return p.parse_args(argv)
