@@ -345,7 +345,8 @@ def probe_rows(ctx: Context) -> list[Row]:
         cu = _timed_probe(store, ctx.root / "p_cuml", "cuml", seeds=sub[0], per_class=sub[1])
         rows.append(Row("gpu-probe", f"torch vs cuML, {sub[0]} seeds x n=1..{sub[1]}", ctx.device.type,
                         torch_sub.summary(), cu.summary(), f"--backend torch on {dev}", "--backend cuml",
-                        settings | agreement(curve_answers(ctx.root / "p_cuml"), curve_answers(ctx.root / "p_torch"))))
+                        settings | agreement(curve_answers(ctx.root / "p_cuml"),
+                                             curve_answers(ctx.root / "p_torch"))))
     else:
         rows.append(Row("gpu-probe", "cuML", "cuda", skipped="not installed (cuml)"))
     return rows

@@ -361,8 +361,8 @@ def bench_probe_fit(ws: Workspace) -> list[Row]:
         x, xt = (x - mean) / std, (xt - mean) / std  # float32, as probe reads a store
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-            sk = measure(lambda: _one_fit("sklearn", x, y, xt), ws.sizes.repeats, unit="fits/s")
-            ours = measure(lambda: _one_fit("numpy", x, y, xt), ws.sizes.repeats, unit="fits/s")
+            sk, ours = (measure(lambda b=backend, x=x, y=y, xt=xt: _one_fit(b, x, y, xt), ws.sizes.repeats,
+                                unit="fits/s") for backend in ("sklearn", "numpy"))
         rows.append(Row("probe", f"one fit, {classes} classes, D={dim}, {per_class} a class", "cpu",
                         ours.summary(), sk.summary(), "--backend numpy, one BLAS thread",
                         "scikit-learn's LogisticRegression, one BLAS thread",

@@ -138,7 +138,8 @@ def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.
         for t in mine:
             part = slice(offset, offset + len(t.indices))
             offset += len(t.indices)
-            yield proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol, proto.solver_dtype
+            yield (proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol,
+                   proto.solver_dtype)
 
 
 def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
