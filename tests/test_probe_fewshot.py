@@ -108,8 +108,9 @@ def test_bad_input_gets_one_clear_line(store, tmp_path, caplog):
         open_group(store, "toy", "val", mode="a").attrs.update({"complete": True})
 
 
-def test_parallel_fits_give_the_same_rows(store, tmp_path, monkeypatch, caplog):
-    args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend", "sklearn"]
+@pytest.mark.parametrize("backend", ["sklearn", "numpy"])  # the CPU backends, one fit at a time
+def test_parallel_fits_give_the_same_rows(store, tmp_path, monkeypatch, caplog, backend):
+    args = [str(store), "--encoder", "toy", "--per-class", "1-3", "--seeds", "0-1", "--backend", backend]
     assert main([*args, "--jobs", "1", "--out", str(tmp_path / "one")]) == 0
     assert main([*args, "--jobs", "2", "--out", str(tmp_path / "small")]) == 0
     assert "go to 2 processes" not in caplog.text  # small fits: no pool worth starting
