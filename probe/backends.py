@@ -20,7 +20,7 @@ import numpy as np
 from msnpipe.runtime import UserError
 
 BACKENDS = ("auto", "sklearn", "numpy", "torch", "cuml")
-ONE_FIT_AT_A_TIME = ("sklearn", "numpy")  # CPU backends whose fits run side by side in processes
+POOLED_BACKENDS = ("sklearn", "numpy")  # one fit at a time on the CPU: fits go to worker processes
 TOL = 1e-4  # scikit-learn's default tol, for every backend
 log = logging.getLogger("probe")
 

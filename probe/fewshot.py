@@ -7,10 +7,10 @@ Rows are appended to fewshot.csv as they finish; a rerun skips rows already ther
 
 scikit-learn, numpy and cuML fit one problem at a time. The CPU backends (scikit-learn, numpy)
 fit in this process with one BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x
-faster than with two); once the fits done
-here have taken POOL_AFTER_S, the rest go to up to `jobs` worker processes (one thread each)
-when that saves more than starting them costs (POOL_START_S), so small curves never pay for a
-pool. torch fits every seed and C of one label count as one batched problem (probe.torch_lr).
+faster than with two); once the fits done here have taken POOL_AFTER_S, the rest go to up to
+`jobs` worker processes (one thread each) when that saves more than starting them costs
+(POOL_START_S), so small curves never pay for a pool. torch fits every seed and C of one label
+count as one batched problem (probe.torch_lr).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
-from probe.backends import ONE_FIT_AT_A_TIME, fit_predict, one_blas_thread, torch_dtype
+from probe.backends import POOLED_BACKENDS, fit_predict, one_blas_thread, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
@@ -160,7 +160,7 @@ def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tupl
     try:
         for i, task in enumerate(fits):
             workers = pool_workers(spent=spent, done=i, left=left - i, jobs=proto.jobs)
-            if proto.backend in ONE_FIT_AT_A_TIME and workers:
+            if proto.backend in POOLED_BACKENDS and workers:
                 pool = worker_pool(workers, _one_thread)
                 log.info("fits take %.2f s each: the %d left go to %d processes", spent / i, left - i,
                          workers)
