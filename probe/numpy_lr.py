@@ -108,16 +108,14 @@ def predict_proba(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.
     """scikit-learn's `predict_proba` [N, K] (float64) for rows x [N, D]: the logits in the rows'
     precision, as its decision_function computes them (float32 rows: float32 coefficients),
     then the softmax, or [1 - p, p] with p = sigmoid(logit) for a binary coef [1, D]."""
-    from scipy.special import expit
+    from scipy.special import expit, softmax
 
     dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     logits = (x.astype(dtype, copy=False) @ coef.T.astype(dtype) + intercept.astype(dtype)).astype(np.float64)
     if coef.shape[0] == 1:  # [N, 1]
         p = expit(logits[:, 0])
         return np.stack([1 - p, p], 1)
-    logits -= logits.max(1, keepdims=True)  # [N, K]
-    np.exp(logits, out=logits)
-    return logits / logits.sum(1, keepdims=True)
+    return softmax(logits, axis=1)  # [N, K]
 
 
 def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, max_iter: int,
