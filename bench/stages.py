@@ -57,6 +57,11 @@ class Workspace:
     device: torch.device
     last_probe_out: Path | None = None
 
+    @property
+    def probe_backend(self) -> str:
+        """What `--backend auto` picks on this benchmark's device: torch on CUDA, numpy on the CPU."""
+        return "torch" if self.device.type == "cuda" else "numpy"
+
     def _folder(self, name: str, per_class: int) -> Path:
         path = self.root / name
         if not (path / "val").exists():
@@ -394,11 +399,11 @@ def _active_process(ws: Workspace, strategy: str, *, counter) -> int:
     its rounds."""
     name, _, store = _active_case(ws)
     rounds = ACTIVE_CASES[name][4]
-    backend = "torch" if ws.device.type == "cuda" else "numpy"  # what `auto` picks there
     out = ws.root / f"active_{next(counter)}"
     subprocess.run([sys.executable, "-m", "probe.active", str(store), "--encoder", f"active{name}",
-                    "--strategies", strategy, "--seeds", "0", "--rounds", str(rounds), "--backend", backend,
-                    "--device", ws.device.type, "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
+                    "--strategies", strategy, "--seeds", "0", "--rounds", str(rounds),
+                    "--backend", ws.probe_backend, "--device", ws.device.type, "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True)
     ws.last_probe_out = out
     return rounds + 1
 
@@ -477,8 +482,8 @@ def _e2e_ours(ws: Workspace, counter) -> dict[str, float]:
                            "--weights", weights, "--out", str(out / "s.zarr")]) == 0
     times["embed"], t = time.perf_counter() - t, time.perf_counter()
     assert probe_main([str(out / "s.zarr"), "--encoder", "vits16_800ep", "--per-class",
-                       f"1-{s.label_counts}", "--seeds", f"0-{s.seeds - 1}", "--backend",
-                       "torch" if ws.device.type == "cuda" else "numpy", "--device", ws.device.type,
+                       f"1-{s.label_counts}", "--seeds", f"0-{s.seeds - 1}", "--backend", ws.probe_backend,
+                       "--device", ws.device.type,
                        "--out", str(out / "probe")]) == 0
     times["probe"] = time.perf_counter() - t
     shutil.rmtree(out)
