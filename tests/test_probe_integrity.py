@@ -22,7 +22,7 @@ from probe.knn import main as knn_main
 from probe.msn import main as msn_main
 from probe.plot import main as plot_main
 from probe.table import main as table_main
-from tests.conftest import make_store
+from tests.conftest import make_store, random_store
 
 ROOT = Path(__file__).parents[1]
 FAST = ["--per-class", "1-2", "--seeds", "0-1", "--backend", "sklearn"]
@@ -203,9 +203,11 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_fit_workers_exit_when_probe_is_killed(tmp_path):
-    s = make_store(tmp_path, classes=60, dim=96, train_per_class=12, test_per_class=30)
-    cmd = [sys.executable, "-m", "probe", str(s), "--encoder", "toy", "--out", str(tmp_path / "o"),
-           "--seeds", "0-50", "--backend", "sklearn", "--jobs", "2"]
+    # noise labels: each fit iterates (separable data converges in a few steps, and on a fast machine
+    # a short curve ends before the pool would pay); 1000 seeds keep the workers busy until the kill
+    s = random_store(tmp_path, n_train=1200, n_val=600, dim=96, classes=60)
+    cmd = [sys.executable, "-m", "probe", str(s), "--encoder", "r", "--out", str(tmp_path / "o"),
+           "--seeds", "0-999", "--backend", "sklearn", "--jobs", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     csv_path, deadline = tmp_path / "o" / "fewshot.csv", time.monotonic() + 120
     workers: list[int] = []
