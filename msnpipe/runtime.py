@@ -61,6 +61,25 @@ def command(parse: Callable[[list[str] | None], Any], run: Callable[[Any], Any],
     return result if type(result) is int else 0  # a run may return its exit status
 
 
+def installed(module: str) -> bool:
+    """Whether `module` (dotted, as `nvidia.dali`) can be imported, without importing it."""
+    import importlib.util
+
+    top = module.split(".")[0]
+    return importlib.util.find_spec(top) is not None and importlib.util.find_spec(module) is not None
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a GPU; without NVIDIA's driver files, answered without importing torch."""
+    import os
+
+    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto` is this rank's GPU when CUDA is there, else the CPU; `cuda` is `cuda:<local_rank>`.
     Accepts auto | cpu | cuda | cuda:N; anything else, or CUDA without a GPU, is a UserError."""

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from msnpipe.runtime import UserError
+from msnpipe.runtime import UserError, cuda_available
 
 BACKENDS = ("auto", "sklearn", "numpy", "torch", "cuml")
 POOLED_BACKENDS = ("sklearn", "numpy")  # one fit at a time on the CPU: fits go to worker processes
@@ -49,17 +49,6 @@ def cuml_available() -> bool:
         import torch
     except Exception:  # cuML raises more than ImportError without a driver
         return False
-    return torch.cuda.is_available()
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a GPU; without NVIDIA's driver files, answered without importing torch."""
-    import os
-
-    if not any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")):
-        return False
-    import torch
-
     return torch.cuda.is_available()
 
 
