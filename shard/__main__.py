@@ -75,8 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="shrink images whose longer side exceeds PX (off: it changes embeddings)")
     p.add_argument("--quality", type=_quality, default=95, help="JPEG quality of re-encoded images")
     p.add_argument("--validate", choices=VALIDATE, default="fast",
-                   help="fast (default): a usual, whole JPEG is kept on its structure alone, anything "
-                        "else is decoded; full: decode every file with PIL")
+                   help="fast (default): a JPEG that passes the structural check (what every embed "
+                        "decoder reads) is kept on it alone, anything else is decoded by PIL; full: "
+                        "decode every file with PIL too")
     p.add_argument("--strict", action="store_true",
                    help="fail before writing any shard if a file would be skipped")
     args = p.parse_args(argv)

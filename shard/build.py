@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from msnpipe.files import exclusive, write_atomic
 from msnpipe.pool import result
 from msnpipe.runtime import UserError
 from shard import FORMAT
-from shard.images import REPAIR, SKIP, Verdict, jpeg_payload
+from shard.images import REPAIR, RETRY, SKIP, Verdict, jpeg_payload
 from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, read_manifest
 from shard.scan import Candidate, list_candidates
 from shard.validate import verdicts
@@ -45,6 +46,10 @@ WORK = ".work"
 
 class StrictError(UserError):
     """--strict was given and some files would have been skipped."""
+
+
+class RetryError(UserError):
+    """Some files could not be read this time; the split stays unfinished for a rerun."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +152,8 @@ def _finished(work: Path, job: ShardJob) -> ShardFile | None:
 class ShardWriter:
     """Cuts kept samples into shards as their verdicts come in and writes each in the pool as soon
     as it is full (the files still in the page cache); a shard's record is written only once the
-    shard is, and shards an earlier run finished are not written again."""
+    shard is, and shards an earlier run finished are not written again. After a file to retry,
+    no shard is cut: where the later ones start depends on whether that file is kept."""
 
     def __init__(self, name: str, dest: Path, split_dir: Path, *, work: Path, settings: Settings,
                  pool: ProcessPoolExecutor | None, candidates: int):
@@ -155,16 +161,19 @@ class ShardWriter:
         self.settings, self.pool = settings, pool
         self.digits = key_digits(candidates, settings.samples_per_shard)
         self.kept: list[tuple[Candidate, Verdict]] = []
+        self.retry: list[tuple[Candidate, Verdict]] = []
         self.jobs: list[ShardJob] = []
         self.files: list[ShardFile] = []
         self.pending: list[tuple[bool, Future | ShardFile]] = []  # (written before?, shard)
         self.bar = tqdm(desc=f"write {name}", unit="img", smoothing=0.1)
 
     def add(self, cand: Candidate, verdict: Verdict) -> None:
-        if verdict.status != SKIP:
+        if verdict.status == RETRY:
+            self.retry.append((cand, verdict))
+        elif verdict.status != SKIP:
             self.kept.append((cand, verdict))
         k = self.settings.samples_per_shard
-        if len(self.kept) == (len(self.jobs) + 1) * k:
+        if not self.retry and len(self.kept) == (len(self.jobs) + 1) * k:
             self._cut()
         self._record(wait=False)
 
@@ -194,7 +203,7 @@ class ShardWriter:
 
     def finish(self) -> list[ShardFile]:
         """Cut the last, partial shard; wait for every shard; their records in order."""
-        if len(self.kept) > len(self.jobs) * self.settings.samples_per_shard:
+        if not self.retry and len(self.kept) > len(self.jobs) * self.settings.samples_per_shard:
             self._cut()
         self._record(wait=True)
         self.bar.close()
@@ -251,6 +260,14 @@ def _strict_check(name: str, cands: list[Candidate], verdicts: list[Verdict]) ->
                           "No shard was written.")
 
 
+def _retry_error(name: str, retry: list[tuple[Candidate, Verdict]], *, written: int) -> None:
+    listed = "; ".join(f"{name}/{c.path} ({v.detail})" for c, v in retry[:5])
+    more = f"; and {len(retry) - 5} more" if len(retry) > 5 else ""
+    raise RetryError(f"{len(retry)} file(s) could not be read this time: {listed}{more}. The split is "
+                     f"unfinished ({written} shards written, every other verdict kept): rerun the same "
+                     "command to read them again")
+
+
 def _already_complete(name: str, dest: Path, settings: Settings) -> Summary:
     """The summary of a finished split (refused if it was made with other settings)."""
     m = read_manifest(dest / MANIFEST)
@@ -287,10 +304,12 @@ def shard_split(
         writer = ShardWriter(name, dest, split_dir, work=work, settings=settings, pool=pool,
                              candidates=len(cands))
         seen = []
-        for c, v in zip(cands, stream):
+        for c, v in zip(cands, stream, strict=True):  # strict: the stream ends, closing its journal
             seen.append(v)
             writer.add(c, v)
         files = writer.finish()
+        if writer.retry:
+            _retry_error(name, writer.retry, written=len(files))
         manifest = _manifest(name, classes, settings, jobs=writer.jobs, files=files, cands=cands,
                              verdicts=seen)
         manifest["multilabel"] = listed is not None
@@ -310,7 +329,7 @@ def report(summaries: Iterable[Summary]) -> str:
             f"{s.split}: {s.samples} samples in {s.shards} shards, {len(s.skipped)} skipped, "
             f"{len(s.repaired)} repaired, {s.bytes / 1e6:.1f} MB, {s.seconds:.1f} s{state}"
         )
-        reasons.update(k["reason"].split(":")[0] for k in s.skipped)
+        reasons.update(re.split(r" \(|:", k["reason"], maxsplit=1)[0] for k in s.skipped)
     if reasons:
         counted = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
         lines.append(f"skipped files by reason: {counted} (listed in each manifest.json)")

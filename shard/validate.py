@@ -1,10 +1,10 @@
-"""A verdict (keep, repair, skip) for every candidate file of a split, in file order.
+"""A verdict (keep, repair, skip, retry) for every candidate file of a split, in file order.
 
 Each file is checked once, in worker processes (`shard.images.check_image`, CHUNK files a
-task, so dispatching costs little next to a structural check); each verdict is appended to
-the journal `OUT/S/.work/validated.tsv`, keyed by path, size and mtime, so a
-rerun checks only files it has not seen unchanged. A journal line cut short by a kill is
-cut off on the next run.
+task, so dispatching costs little next to a structural check); each verdict on a file's
+content is appended to the journal `OUT/S/.work/validated.tsv`, keyed by path, size and mtime,
+so a rerun checks only files it has not seen unchanged. A read error is never journaled: the
+rerun reads the file again. A journal line cut short by a kill is cut off on the next run.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def verdicts(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: i
                 yield known[i]
                 continue
             v = next(checked)
-            if idents[i] is not None:
+            if idents[i] is not None and v.journal:
                 journal.write(f"{c.path}\t{idents[i]}\t{v.status}\t{_clean(v.detail)}\n")
             bar.update()
             yield v

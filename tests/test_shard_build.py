@@ -294,3 +294,34 @@ def test_a_file_replaced_in_place_is_validated_again(tmp_path):
     os.utime(target, ns=(mtime + 10**9, mtime + 10**9))
     again = validate(split, cands, work, max_side=None, pool=None)
     assert again[4].status == "skip" and [v.status for i, v in enumerate(again) if i != 4] == ["keep"] * 5
+
+
+def test_a_file_that_could_not_be_read_is_read_again_on_rerun(tmp_path, monkeypatch, caplog):
+    """An EIO while reading a file (after its stat worked) is no verdict on the file: it is not
+    journaled, the split is left unfinished with one line naming the file, and the rerun reads
+    it again and ends with the bytes of a run that never met the error."""
+    import errno
+
+    import shard.images
+
+    make_folder(tmp_path / "src" / "train", ["a", "b"], per_class=5)
+    flaky = str(tmp_path / "src" / "train" / "a" / "img_002.JPEG")
+    real, failed = shard.images.read_regular, []
+
+    def read_once_failing(path):
+        if path == flaky and not failed:
+            failed.append(path)
+            raise OSError(errno.EIO, "Input/output error", path)
+        return real(path)
+
+    monkeypatch.setattr(shard.images, "read_regular", read_once_failing)
+    args = ["--samples-per-shard", "3", "--workers", "1"]
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), *args]) == 1
+    assert "a/img_002.JPEG" in caplog.text and "rerun" in caplog.text and failed
+    assert not (tmp_path / "out" / "train" / "manifest.json").exists()
+    journal = (tmp_path / "out" / "train" / ".work" / "validated.tsv").read_text().splitlines()
+    assert len(journal) == 9 and not any(line.startswith("a/img_002.JPEG") for line in journal)
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), *args]) == 0
+    assert main([str(tmp_path / "src"), str(tmp_path / "clean"), *args]) == 0
+    assert outputs(tmp_path / "out" / "train") == outputs(tmp_path / "clean" / "train")
+    assert open_split(tmp_path / "out", "train").num_samples == 10

@@ -1,12 +1,14 @@
 """shard.images: the verdict for every kind of input, and the bytes that go in the shard."""
 
 import io
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from shard.images import KEEP, REPAIR, SKIP, Verdict, check_image, jpeg_payload
+from shard.images import KEEP, REPAIR, RETRY, SKIP, Verdict, check_image, jpeg_payload
 from tests.conftest import image_bytes, jpeg_bytes, make_zoo, write
 
 
@@ -97,3 +99,78 @@ def test_read_regular_reads_whole_files_and_refuses_special_ones_without_blockin
     with pytest.raises(FileNotFoundError):
         read_regular(str(tmp_path / "missing"))
     assert check_image(str(tmp_path / "pipe")) == Verdict(SKIP, "not a regular file: a FIFO")
+
+
+PUBLIC = Path(__file__).parent / "data" / "public-jpegs"
+
+
+def _lenient(name: str) -> bytes:
+    """A JPEG with `name`'s anomaly in its header, which libjpeg only warns about (DALI and
+    nvImageCodec refuse it): bytes between two segments, a stray RST, a COM of length 0."""
+    data = jpeg_bytes(96, 64, seed=5)
+    at = data.index(b"\xff\xdb")  # before the first quantization table
+    extra = {"junk": b"\x00\x12", "rst": b"\xff\xd3", "com-length-0": b"\xff\xfe\x00\x00"}[name]
+    return data[:at] + extra + data[at:]
+
+
+@pytest.mark.parametrize("name, reason", [("junk", "bytes between segments"), ("rst", "RST3 (0xD3)"),
+                                          ("com-length-0", "a segment length of 0")])
+def test_a_lenient_jpeg_is_repaired_with_the_reason_never_kept(tmp_path, name, reason):
+    path = write(tmp_path / f"{name}.JPEG", _lenient(name))
+    for how in ("fast", "full"):
+        v = check_image(str(path), validate=how)
+        assert v.status == REPAIR and v.detail.startswith("lenient JPEG: ") and reason in v.detail, how
+    out = jpeg_payload(str(path), v, quality=95, max_side=None)
+    assert out != path.read_bytes() and Image.open(io.BytesIO(out)).format == "JPEG"
+    from shard.jpeg import inspect
+
+    assert inspect(out)[0] == (96, 64)  # the repaired bytes pass the check every decoder passes
+    want = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32)
+    assert np.abs(np.asarray(Image.open(io.BytesIO(out)), dtype=np.float32) - want).mean() < 3.0
+
+
+@pytest.mark.parametrize("rel, verdict, words", [
+    ("libjpeg-turbo/monkey12.jpg", SKIP, "unsupported JPEG (12-bit samples)"),
+    ("jpeg-decoder/reftest_lossless_1_jpeg_lossless_sel1.jpg", SKIP,
+     "unsupported JPEG (lossless coding (SOF3))"),
+    ("libjpeg-turbo/testimgari.jpg", REPAIR, "lenient JPEG: arithmetic coding (SOF9)"),
+    ("pillow/junk_jpeg_header.jpg", REPAIR, "lenient JPEG: bytes between segments"),
+    ("pillow/jpeg_ff00_header.jpg", REPAIR, "lenient JPEG: a stuffed FF00"),
+    ("jpeg-decoder/reftest_progressive-missing-dc.jpg", REPAIR,
+     "an AC scan of component 1 before its DC scan"),
+])
+def test_unusual_public_jpegs_say_what_they_are(rel, verdict, words):
+    v = check_image(str(PUBLIC / rel))
+    assert v.status == verdict and words in v.detail
+
+
+def test_read_errors_are_never_journaled_and_passing_ones_are_retried(tmp_path, monkeypatch):
+    import errno
+
+    import shard.images
+
+    path = write(tmp_path / "a.JPEG", jpeg_bytes())
+    real = shard.images.read_regular
+    for code, status in ((errno.EIO, RETRY), (errno.ESTALE, RETRY), (errno.ENOMEM, RETRY),
+                         (errno.EACCES, SKIP), (errno.ENOENT, SKIP)):
+        def failing(p, code=code):
+            raise OSError(code, os.strerror(code), p)
+
+        monkeypatch.setattr(shard.images, "read_regular", failing)
+        v = check_image(str(path))
+        assert (v.status, v.journal) == (status, False) and v.detail.startswith("unreadable: "), code
+    monkeypatch.setattr(shard.images, "read_regular", real)
+    assert check_image(str(path)) == Verdict(KEEP)
+
+
+def test_out_of_memory_while_decoding_is_retried_not_a_verdict(tmp_path, monkeypatch):
+    import shard.images
+
+    path = write(tmp_path / "x.png", image_bytes("png-rgba"))
+
+    def no_memory(data):
+        raise MemoryError
+
+    monkeypatch.setattr(shard.images, "_decode", no_memory)
+    v = check_image(str(path))
+    assert (v.status, v.journal) == (RETRY, False)
