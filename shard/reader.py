@@ -12,8 +12,10 @@ This is the one module the next stage imports from shard/:
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -77,6 +79,29 @@ class Split:
     def key(self, index: int) -> str:
         """The WebDataset key of sample `index`."""
         return f"{index:0{self.key_digits}d}"
+
+    def tar_problem(self, i: int, *, content: bool = False) -> str | None:
+        """Why tar `i` is not the one the manifest lists, or None: missing, another size, a first
+        member other than the shard's first sample (one stat and one 512-byte read), and with
+        `content` a sha256 other than the manifest's (one read of the whole tar)."""
+        entry, path = self.shards[i], self.dir / self.shards[i].tar
+        try:
+            with open(path, "rb") as f:
+                size, head = os.fstat(f.fileno()).st_size, f.read(512)
+                if size == entry.bytes and content:
+                    f.seek(0)
+                    digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as e:
+            return f"{path}: missing" if e.errno == errno.ENOENT else f"{path}: cannot be read ({e.strerror})"
+        if size != entry.bytes:
+            return f"{path}: {size} bytes, the manifest says {entry.bytes}"
+        first = f"{self.key(i * self.samples_per_shard)}.jpg"
+        name = head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if entry.num_samples and name != first:
+            return f"{path}: its first member is {name!r}, not {first!r}"
+        if content and digest != entry.sha256:
+            return f"{path}: sha256 {digest[:12]}…, the manifest says {entry.sha256[:12]}…"
+        return None
 
     def labels(self) -> np.ndarray:
         """Class index of every sample, `[N]` int32; for a multi-label split, multi-hot `[N, C]`

@@ -2,49 +2,43 @@
 
     python -m shard.verify out/shards                # every complete split under OUT
     python -m shard.verify out/shards --splits val --decode
+    python -m shard.verify out/shards --decoders libjpeg-turbo,dali-cpu --workers 8
 
 Checks, per split: each tar's size and sha256 against the manifest; the member names,
 order and labels of each tar against samples.tsv (this catches a tar cut short between
 two members, which tar readers accept silently); each .idx against an index rebuilt from
-its tar; and that the `webdataset` package and DALI's `fn.readers.webdataset` (CPU) both
-read every sample with the right key and label. `--decode` also decodes every JPEG with
-DALI. Exit status 1 and one line per problem on any mismatch.
+its tar; and that the `webdataset` package and DALI's `fn.readers.webdataset` (CPU, when
+DALI is installed) both read every sample with the right key and label. `--decode` also
+decodes every JPEG with every decoder of the embed stage that can run here (msnpipe.decoders:
+libjpeg-turbo, DALI and nvImageCodec on the CPU; nvJPEG, DALI mixed and nvImageCodec on a
+GPU), each in worker processes, so a decoder that crashes names the sample instead of ending
+the run; `--decoders` names the ones to use. Exit status 1 and one line per problem (for a
+sample: shard, key, source path, decoder and its message) on any mismatch.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
+import importlib.util
 import logging
+import os
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 
-from msnpipe.runtime import setup_logging
-from shard.reader import ShardFormatError, Split, list_splits, open_split
+from msnpipe.decoders import DECODERS, Sample, failures, usable
+from msnpipe.runtime import UserError, command
+from shard.reader import ShardFormatError, Split, list_splits, open_split, read_index
 from shard.writer import index_of_tar
 
 log = logging.getLogger("shard.verify")
 
 
 def check_files(split: Split) -> list[str]:
-    """Size and sha256 of every tar against the manifest."""
-    problems = []
-    for entry, path in zip(split.shards, split.tar_paths()):
-        if not path.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        size = path.stat().st_size
-        if size != entry.bytes:
-            problems.append(f"{path}: {size} bytes, the manifest says {entry.bytes}")
-            continue
-        with open(path, "rb") as f:
-            digest = hashlib.file_digest(f, "sha256").hexdigest()
-        if digest != entry.sha256:
-            problems.append(f"{path}: sha256 {digest[:12]}…, the manifest says {entry.sha256[:12]}…")
-    return problems
+    """Size, first header and sha256 of every tar against the manifest."""
+    return [p for i in range(len(split.shards)) if (p := split.tar_problem(i, content=True)) is not None]
 
 
 def _expected(split: Split, shard: int, labels: list[str]) -> list[tuple[str, bytes | None]]:
@@ -102,8 +96,8 @@ def _compare(reader: str, split: Split, labels: list[str], *, keys: list, got: l
     return []
 
 
-def check_dali(split: Split, labels: list[str], decode: bool, *, batch: int = 64) -> list[str]:
-    """Read every sample through DALI's webdataset reader on the CPU (and decode it)."""
+def check_dali(split: Split, labels: list[str], *, batch: int = 64) -> list[str]:
+    """Read every sample through DALI's webdataset reader on the CPU."""
     from nvidia.dali import fn, pipeline_def
 
     @pipeline_def(batch_size=batch, num_threads=2, device_id=None, exec_dynamic=True)
@@ -111,25 +105,45 @@ def check_dali(split: Split, labels: list[str], decode: bool, *, batch: int = 64
         jpg, cls = fn.readers.webdataset(
             paths=[str(p) for p in split.tar_paths()], index_paths=[str(p) for p in split.idx_paths()],
             ext=["jpg", "cls"], missing_component_behavior="error", pad_last_batch=True, name="r")
-        info = fn.get_property(jpg, key="source_info")
-        return (fn.decoders.image(jpg, device="cpu") if decode else jpg), cls, info
+        return cls, fn.get_property(jpg, key="source_info")
 
     p = pipe()
     p.build()
     keys, got = [], []
     try:
         for _ in range(-(-split.num_samples // batch)):
-            _, cls, info = p.run()
+            cls, info = p.run()
             keys += [bytes(np.asarray(t)).decode().rsplit(":", 1)[1].split(".")[0] for t in info]
             got += [bytes(np.asarray(t)).decode() for t in cls]
     except RuntimeError as e:
-        return [f"DALI: {str(e).splitlines()[0]}"]
+        return [f"DALI's reader: {str(e).splitlines()[0]}"]
     n = split.num_samples
     return _compare("DALI", split, labels, keys=keys[:n], got=got[:n])
 
 
-def verify_split(split: Split, decode: bool = False) -> list[str]:
-    """Every problem found in one split, as one line each (empty when all is well)."""
+def shard_samples(split: Split) -> list[list[Sample]]:
+    """The JPEG members of every shard, as the decoders read them (through the .idx)."""
+    return [[Sample(key, str(tar), offset, size) for key, ext, offset, size in read_index(idx)
+             if ext == "jpg"] for tar, idx in zip(split.tar_paths(), split.idx_paths())]
+
+
+def check_decodes(split: Split, decoders: list[str], *, workers: int) -> list[str]:
+    """Decode every JPEG of the split with each decoder; one line per sample one cannot decode."""
+    problems, paths = [], split.paths()
+    for decoder in decoders:
+        try:
+            for _, bad in failures(decoder, shard_samples(split), workers=workers):
+                for s, message in bad:
+                    where = paths[int(s.key)] if int(s.key) < len(paths) else "?"
+                    problems.append(f"{Path(s.path).name}: sample {s.key} ({where}): {decoder}: {message}")
+        except RuntimeError as e:
+            problems.append(str(e))
+    return problems
+
+
+def verify_split(split: Split, decoders: list[str] = (), *, workers: int = 1) -> list[str]:
+    """Every problem found in one split, as one line each (empty when all is well); with
+    `decoders`, every JPEG is also decoded by each."""
     problems = check_files(split)
     labels = split.label_texts()
     if len(labels) != split.num_samples:
@@ -138,33 +152,65 @@ def verify_split(split: Split, decode: bool = False) -> list[str]:
     problems += check_members(split, labels)
     if problems or split.num_samples == 0:
         return problems
-    return check_webdataset(split, labels) + check_dali(split, labels, decode)
+    problems += check_webdataset(split, labels)
+    if importlib.util.find_spec("nvidia.dali") is not None:
+        problems += check_dali(split, labels)
+    return problems + (check_decodes(split, list(decoders), workers=workers) if decoders else [])
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Verify the requested splits; exit status 1 on any problem."""
-    setup_logging()
+def chosen_decoders(decode: bool, names: str | None) -> list[str]:
+    """The decoders to decode with: those named, or with --decode all that can run here."""
+    can, missing = usable()
+    if names is None:
+        if decode:
+            others = "".join(f"; not {d}: {why}" for d, why in missing.items())
+            log.info("decoding with %s%s", ", ".join(can), others)
+        return can if decode else []
+    asked = [n.strip() for n in names.split(",") if n.strip()]
+    for n in asked:
+        if n not in DECODERS:
+            raise UserError(f"--decoders {n!r}: one of {', '.join(DECODERS)}")
+        if n in missing:
+            raise UserError(f"--decoders {n}: cannot run here ({missing[n]}); these can: {', '.join(can)}")
+    return asked
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m shard.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="the OUT folder given to python -m shard")
     p.add_argument("--splits", help="comma-separated splits (default: every complete split)")
-    p.add_argument("--decode", action="store_true", help="also decode every JPEG with DALI")
-    args = p.parse_args(argv)
-    names = args.splits.split(",") if args.splits else list_splits(args.out)
+    p.add_argument("--decode", action="store_true",
+                   help="also decode every JPEG with every decoder that can run here")
+    p.add_argument("--decoders", default=None, help=f"decode with these instead, of: {', '.join(DECODERS)}")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
+                   help="decoding processes (default: all cores)")
+    return p.parse_args(argv)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Verify the requested splits; return the exit status."""
+    decoders = chosen_decoders(a.decode, a.decoders)
+    names = a.splits.split(",") if a.splits else list_splits(a.out)
     if not names:
-        log.error("%s: no complete split (no */manifest.json) found", args.out)
-        return 1
+        raise UserError(f"{a.out}: no complete split (no */manifest.json) found")
     failed = False
     for name in names:
         try:
-            problems = verify_split(open_split(args.out, name), args.decode)
+            problems = verify_split(open_split(a.out, name), decoders, workers=max(1, a.workers))
         except ShardFormatError as e:
             problems = [str(e)]
         for line in problems:
             log.error("%s", line)
-        log.info("%s: %s", name, f"{len(problems)} problem(s)" if problems else "ok")
+        how = f", every JPEG decoded by {', '.join(decoders)}" if decoders and not problems else ""
+        log.info("%s: %s%s", name, f"{len(problems)} problem(s)" if problems else "ok", how)
         failed |= bool(problems)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Verify the requested splits; exit status 1 on any problem."""
+    return command(_parse, run, argv, logger="shard")
 
 
 if __name__ == "__main__":

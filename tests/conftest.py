@@ -225,3 +225,34 @@ def random_store(root: Path, n_train: int, n_val: int, dim: int, classes: int = 
         np.save(root / f"labels_{split}.npy", rng.integers(0, classes, n))
     assert from_npy_main([str(root), "--encoder", encoder, "--out", str(root / "s.zarr")]) == 0
     return root / "s.zarr"
+
+
+def replace_jpeg(split_dir: Path, index: int, data: bytes) -> None:
+    """Put `data` in place of sample `index`'s JPEG in a finished split, rewriting its tar, index
+    and manifest record as the shard stage writes them, so the split stays self-consistent (for
+    shards made by other tools, or by versions of shard that kept what some decoder refuses)."""
+    import json
+    from dataclasses import asdict
+
+    from shard.reader import MANIFEST, open_split, read_index
+    from shard.writer import write_shard
+
+    split = open_split(split_dir.parent, split_dir.name)
+    s = index // split.samples_per_shard
+    tar, blob = split.tar_paths()[s], split.tar_paths()[s].read_bytes()
+    members: dict[str, dict[str, bytes]] = {}
+    for key, ext, offset, size in read_index(split.idx_paths()[s]):
+        members.setdefault(key, {})[ext] = blob[offset : offset + size]
+    record = write_shard(tar, [(k, data if int(k) == index else m["jpg"], m["cls"].decode())
+                               for k, m in members.items()])
+    manifest = json.loads((split_dir / MANIFEST).read_text())
+    manifest["shards"][s] = asdict(record)
+    (split_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def lenient_jpeg(seed: int = 0, w: int = 64, h: int = 48) -> bytes:
+    """A JPEG with two bytes between two header segments: libjpeg (PIL, torchvision) only warns,
+    DALI's and nvImageCodec's parser refuse it ("Invalid marker")."""
+    data = jpeg_bytes(w, h, seed=seed)
+    at = data.index(b"\xff\xdb")
+    return data[:at] + b"\x00\x12" + data[at:]

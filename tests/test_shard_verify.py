@@ -8,7 +8,7 @@ import pytest
 from shard.__main__ import main as shard_main
 from shard.reader import open_split
 from shard.verify import main, verify_split
-from tests.conftest import make_folder
+from tests.conftest import jpeg_bytes, lenient_jpeg, make_folder, replace_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,10 @@ def damaged(good, tmp_path):
     return tmp_path / "out"
 
 
-def test_good_split_passes_with_decode(good):
-    assert verify_split(open_split(good, "train"), decode=True) == []
-    assert main([str(good), "--decode"]) == 0
+def test_good_split_passes_with_decode(good, caplog):
+    assert verify_split(open_split(good, "train"), ["libjpeg-turbo", "dali-cpu", "nvimgcodec-cpu"]) == []
+    assert main([str(good), "--decode", "--workers", "2"]) == 0
+    assert "train: ok, every JPEG decoded by libjpeg-turbo, dali-cpu, nvimgcodec-cpu" in caplog.text
 
 
 def test_tar_cut_between_two_members(damaged, caplog):
@@ -75,3 +76,41 @@ def test_unfinished_split_is_named(damaged, caplog):
     (damaged / "train" / "manifest.json").unlink()
     assert main([str(damaged), "--splits", "train"]) == 1
     assert "not found (it is unfinished: rerun python -m shard)" in caplog.text
+
+
+def test_decode_names_every_sample_a_decoder_refuses(damaged, caplog):
+    """A lenient JPEG in a self-consistent split (as older versions kept them): DALI and
+    nvImageCodec refuse it, libjpeg decodes it; each refusal is one line naming shard, key and
+    source path, and the decoder's own message."""
+    replace_jpeg(damaged / "train", 6, lenient_jpeg(seed=6))
+    assert main([str(damaged), "--decode", "--workers", "2"]) == 1
+    lines = [r.message for r in caplog.records if "sample 00000006" in r.message]
+    assert sorted(line.split(": ")[2] for line in lines) == ["dali-cpu", "nvimgcodec-cpu"]
+    assert all(line.startswith("train-000001.tar: sample 00000006 (b/img_002.JPEG): ") and
+               "Invalid marker" in line for line in lines)
+
+
+def test_a_decoder_that_crashes_names_the_sample(damaged):
+    replace_jpeg(damaged / "train", 3, jpeg_bytes(seed=3) + b"CRASH")
+    problems = verify_split(open_split(damaged, "train"), ["tests.decoder_stubs:crash_on_marked"], workers=2)
+    stub = "tests.decoder_stubs:crash_on_marked"
+    assert problems == [f"train-000000.tar: sample 00000003 (a/img_003.JPEG): {stub}: {stub} crashed the "
+                        "process decoding it"]
+
+
+def test_without_dali_verify_reads_and_decodes_with_what_is_there(good, monkeypatch, caplog):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("nvidia") else real(name, *a))
+    assert main([str(good), "--decode", "--workers", "1"]) == 0
+    assert "decoding with libjpeg-turbo; not dali-cpu: nvidia.dali is not installed" in caplog.text
+    assert "every JPEG decoded by libjpeg-turbo" in caplog.text
+
+
+def test_decoders_that_cannot_run_here_are_refused_in_one_line(good, caplog):
+    assert main([str(good), "--decoders", "dali-mixed"]) == 1
+    assert "--decoders dali-mixed: cannot run here (no GPU here)" in caplog.text
+    assert main([str(good), "--decoders", "pillow"]) == 1
+    assert "--decoders 'pillow': one of libjpeg-turbo" in caplog.text
