@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from embed.encoders import ENCODERS, KINDS, get_spec
-from embed.pipeline import DECODERS
+from embed.pipeline import CHOICES as DECODERS
 from embed.store import DTYPES
 from msnpipe.runtime import command
 
@@ -55,9 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_batch, default=None,
                    help="images per batch, or auto (default: largest that fits on CUDA, 16 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--decoder", choices=DECODERS, default="dali",
-                   help="dali (default; nvJPEG on a GPU), torchvision (decode_jpeg, nvJPEG on a GPU; no "
-                        "DALI needed) or torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
+    p.add_argument("--decoder", choices=DECODERS, default="auto",
+                   help="auto (default: dali where DALI decodes on the device, else torchvision), dali "
+                        "(nvJPEG on a GPU), torchvision (decode_jpeg, nvJPEG on a GPU; no DALI needed) or "
+                        "torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
     p.add_argument("--check-drift", type=int, default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
@@ -84,8 +85,6 @@ def parse_args(argv: list[str] | None = None):
     extra = {"threads": a.threads} if a.threads else {}
     if a.views < 0:
         p.error("--views: a whole number >= 0")
-    if a.views and a.decoder != "dali":  # the augmentations are DALI operators
-        p.error("--views needs --decoder dali: augmented views are made by DALI")
     return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
                   kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
                   device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,

@@ -9,7 +9,8 @@ Decoding is `mixed` (nvJPEG) on a GPU, `cpu` otherwise. On a CPU pipeline, pixel
 with PIL/torchvision to within one grey level.
 
 Each sample's index comes from its WebDataset key (`source_info` ends in `:<key>.jpg`),
-so rows are written by index, never by arrival order.
+so rows are written by index, never by arrival order. When DALI fails on a batch, its JPEGs
+are decoded one by one to find the sample it cannot decode (`DecodeError`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embed.batch import Batch, DecodeError, check_order
 from embed.encoders import Preprocess
-from embed.pipeline import Batch, Views, check_order
+from embed.views import Views
+
+PREFETCH = 2  # batches DALI prepares ahead: a failure may belong to either
+
+
+def _tiny_jpeg() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 140, 200)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def decoder_name(device: torch.device) -> str:
+    """How msnpipe.decoders names the DALI decoder that runs on `device`."""
+    return "dali-mixed" if device.type == "cuda" else "dali-cpu"
+
+
+def unusable(device: torch.device) -> str | None:
+    """Why DALI cannot decode on `device` here (it decodes a tiny JPEG to see), or None."""
+    from msnpipe.decoders import decode_bytes
+
+    try:
+        bad = decode_bytes(decoder_name(device), [_tiny_jpeg()])
+    except Exception as e:  # an import or CUDA error: DALI is there but cannot run
+        said = str(e).splitlines()[0][:160] if str(e) else ""
+        return f"DALI cannot run on {device} ({type(e).__name__}: {said})"
+    return f"DALI cannot decode on {device} ({bad[0]})" if bad else None
 
 
 def _round_half_even_of_half(d):
@@ -64,7 +95,7 @@ def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, *, batch
     aug = AUGMENTS[views.augment] if views else None
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=device_id,
-                  prefetch_queue_depth=2, exec_dynamic=True)
+                  prefetch_queue_depth=PREFETCH, exec_dynamic=True)
     def pipe():
         jpg = fn.readers.webdataset(
             paths=[str(p) for p in tars], index_paths=[str(p) for p in idxs], ext=["jpg"],
@@ -102,6 +133,19 @@ def _to_torch(tensor_list, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(tensor_list.as_tensor()))
 
 
+def _culprit(tars: list[Path], idxs: list[Path], wanted: np.ndarray, device: torch.device,
+             error: RuntimeError) -> DecodeError | RuntimeError:
+    """The DecodeError of the first sample of `wanted` that DALI cannot decode alone, or `error`
+    itself when each decodes (the failure was not a JPEG's)."""
+    from embed.decode_torchvision import jpeg_members
+    from msnpipe.decoders import Sample, decode_group
+
+    members = {m[3]: m for m in jpeg_members(tars, idxs)}
+    samples = [Sample(str(i), str(members[i][0]), members[i][1], members[i][2]) for i in wanted.tolist()]
+    bad = decode_group(decoder_name(device), samples)
+    return DecodeError(int(bad[0][0].key), decoder_name(device), bad[0][1]) if bad else error
+
+
 def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: Preprocess,
                  batch_size: int, device: torch.device, threads: int,
                  views: Views | None = None) -> Iterator[Batch]:
@@ -110,7 +154,10 @@ def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: 
     pipe = build_pipeline(tars, idxs, pre, batch_size=batch_size, device_id=device_id, threads=threads,
                           order=order, views=views)
     for start in range(0, len(order), batch_size):
-        images, info, *view_lists = pipe.run()
+        try:
+            images, info, *view_lists = pipe.run()
+        except RuntimeError as e:
+            raise _culprit(tars, idxs, order[start : start + PREFETCH * batch_size], device, e) from e
         indices = np.array([key_of(np.asarray(t)) for t in info], dtype=np.int64)
         real = min(batch_size, len(order) - start)
         check_order(indices[:real], order, start)

@@ -1,7 +1,11 @@
 """The torchvision decoder (`embed.pipeline.batches("torchvision", ...)`): shards to batches
 with PyTorch alone, for machines where DALI has no wheel.
 
-Each shard's `.idx` gives every JPEG's offset and size, so a member is one seek and one read.
+Each shard's `.idx` gives every JPEG's offset and size, so a member is one seek and one read
+of exactly that many bytes; one tar is open at a time (members are read in order), so a run
+over ImageNet's 1,282 train shards never meets the open-file limit. A JPEG it cannot decode
+raises `DecodeError` naming the sample (on CUDA, the batch's JPEGs are decoded one by one to
+find it).
 A batch's JPEGs are decoded by `torchvision.io.decode_jpeg` (on CUDA in one batched nvJPEG
 call; on the CPU per image, in `threads` threads), then each image goes through torchvision's
 own tensor transforms (with `cpu_decode`, decoding and transforms run on the CPU and the batch
@@ -20,11 +24,26 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from embed.batch import Batch, DecodeError, check_order
 from embed.encoders import Preprocess
-from embed.pipeline import Batch, check_order
-from shard.reader import read_index
+from shard.reader import ShardFormatError, read_index
 
 Member = tuple[Path, int, int, int]  # (tar, offset, size, sample index)
+
+
+def unusable(device: torch.device) -> str | None:
+    """Why torchvision cannot decode on `device` (nvJPEG on CUDA), or None."""
+    if device.type != "cuda":
+        return None
+    from torchvision.io import decode_jpeg
+
+    from embed.decode_dali import _tiny_jpeg
+
+    try:
+        decode_jpeg(torch.frombuffer(bytearray(_tiny_jpeg()), dtype=torch.uint8), device=device)
+    except RuntimeError as e:
+        return f"torchvision cannot decode with nvJPEG here ({str(e).splitlines()[0][:160]})"
+    return None
 
 
 def jpeg_members(tars: list[Path], idxs: list[Path]) -> list[Member]:
@@ -48,47 +67,75 @@ class Preparer:
 
     def __init__(self, pre: Preprocess, device: torch.device, threads: int, *, cpu_decode: bool = False):
         self.pre, self.device = pre, device
-        self.files: dict[Path, object] = {}
+        self.tar: tuple[Path, object] | None = None  # the one open shard
         on_cpu = cpu_decode or device.type == "cpu"
         self.pool = ThreadPoolExecutor(max(1, threads)) if on_cpu else None
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.name = "libjpeg-turbo" if on_cpu else "nvjpeg"
+
+    def _file(self, tar: Path):
+        if self.tar is None or self.tar[0] != tar:
+            self.close_tar()
+            self.tar = (tar, open(tar, "rb"))  # noqa: SIM115 - closed when the next shard starts
+        return self.tar[1]
 
     def _read(self, m: Member) -> torch.Tensor:
-        tar, offset, size, _ = m
-        f = self.files.get(tar) or self.files.setdefault(tar, open(tar, "rb"))  # noqa: SIM115
-        data = bytearray(size)
+        tar, offset, size, index = m
+        f, data = self._file(tar), bytearray(size)
         f.seek(offset)
-        f.readinto(data)
+        if (got := f.readinto(data)) != size:
+            raise ShardFormatError(f"{tar}: sample {index} is cut short ({got} of the {size} bytes its "
+                                   "index lists); the shard changed since it was made: shard it again")
         return torch.frombuffer(data, dtype=torch.uint8)
 
-    def _one_cpu(self, data: torch.Tensor) -> torch.Tensor:
+    def _one_cpu(self, item: tuple[int, torch.Tensor]) -> torch.Tensor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        return transform(decode_jpeg(data, mode=ImageReadMode.RGB), self.pre)
+        index, data = item
+        try:
+            image = decode_jpeg(data, mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise DecodeError(index, self.name, str(e).strip().splitlines()[-1][:200]) from None
+        return transform(image, self.pre)
+
+    def _on_gpu(self, members: list[Member], data: list[torch.Tensor]) -> list[torch.Tensor]:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        try:
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # nvJPEG, batched
+        except RuntimeError:
+            for m, d in zip(members, data):  # one image fails the batch: find it
+                try:
+                    decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device)
+                except RuntimeError as e:
+                    raise DecodeError(m[3], self.name, str(e).strip().splitlines()[-1][:200]) from None
+            raise
 
     def __call__(self, members: list[Member]) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """(images [b, 3, crop, crop] on the device, the event that marks them ready on CUDA)."""
         data = [self._read(m) for m in members]
         if self.pool is not None:
-            images = torch.stack(list(self.pool.map(self._one_cpu, data)))  # [b, 3, crop, crop]
+            items = [(m[3], d) for m, d in zip(members, data)]
+            images = torch.stack(list(self.pool.map(self._one_cpu, items)))  # [b, 3, crop, crop]
             if self.stream is None:
                 return images, None
             images = images.pin_memory()
-        from torchvision.io import ImageReadMode, decode_jpeg
-
         with torch.cuda.stream(self.stream):
             if self.pool is not None:
                 images = images.to(self.device, non_blocking=True)
             else:
-                decoded = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)  # nvJPEG, batched
-                images = torch.stack([transform(img, self.pre) for img in decoded])
+                images = torch.stack([transform(img, self.pre) for img in self._on_gpu(members, data)])
             ready = torch.cuda.Event()
             ready.record(self.stream)
         return images, ready
 
+    def close_tar(self) -> None:
+        if self.tar is not None:
+            self.tar[1].close()
+            self.tar = None
+
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        self.close_tar()
         if self.pool is not None:
             self.pool.shutdown()
 

@@ -9,10 +9,16 @@ missing groups atomically and refuses mismatched ones. The shards not yet done a
 across the ranks (`deal`); each rank writes a shard's rows as soon as all of them have
 arrived and marks it done. Rank 0 marks the group complete once every shard is done. A killed
 run, started again with any number of processes, does only what is missing.
+
+Before anything is made, the decoder is resolved (`--decoder auto`: the one that can run here)
+and every tar is checked against the manifest (size, first header); each shard's sha256 is
+checked before its rows are written. A sample no decoder can read ends the run in one line
+naming its shard, key and source path; the shards finished before it stay done.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -29,10 +35,13 @@ from tqdm import tqdm
 
 from embed import store
 from embed.assemble import ShardAssembler
+from embed.batch import DecodeError
 from embed.checkpoint import load_encoder, resolve_weights
 from embed.encoders import EncoderSpec, get_spec
-from embed.pipeline import Views, batches
+from embed.pipeline import batches, resolve
 from embed.runner import EncoderRunner, HostRows, auto_batch
+from embed.source import CheckedShards, refuse_changed
+from embed.views import Views
 from msnpipe.runtime import UserError, pick_device
 from shard.reader import Split, open_split
 
@@ -60,7 +69,7 @@ class Config:
     views: int = 0                 # K augmented views per image (0: none), stored as `views`
     augment: str = "msn"           # msn | simclr | none (see embed.views)
     view_seed: int = 0
-    decoder: str = "dali"          # dali | torchvision (see embed.pipeline)
+    decoder: str = "auto"          # auto | dali | torchvision | torchvision-cpu (see embed.pipeline)
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
@@ -189,7 +198,7 @@ def ensure_group(cfg: Config, name: str, split: Split, *, identity: dict) -> Non
 
 
 def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precision: str, dist: Dist,
-                    locks: ExitStack) -> list[Target]:
+                    locks: ExitStack, shards: CheckedShards) -> list[Target]:
     """Load every encoder; rank 0 locks and creates or checks its group; all ranks open it."""
     labels, paths = split.labels(), split.paths()  # samples.tsv checked before anything is made
     loaded = []
@@ -216,6 +225,7 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precisio
         group = store.open_group(cfg.out, spec.name, split.name, mode="a")
 
         def write(s: int, rows: np.ndarray, views: np.ndarray | None, *, group=group) -> None:
+            shards.verified(s)  # the tar's bytes are the manifest's, or nothing of it is written
             lo, hi = s * k, s * k + len(rows)
             store.write_shard(group, s, lo, rows=rows, labels=labels[lo:hi], paths=paths[lo:hi], views=views)
 
@@ -258,22 +268,40 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Con
     bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     t = time.perf_counter()
     previous: list[Pending] = []
-    for b in stream:
-        t1 = time.perf_counter()
-        real = int((b.indices >= 0).sum())
-        submitted = [_submit(target, b, real) for target in targets]
-        for p in previous:  # the batch before: its copies had a whole forward pass to land
+    try:
+        for b in stream:
+            t1 = time.perf_counter()
+            real = int((b.indices >= 0).sum())
+            submitted = [_submit(target, b, real) for target in targets]
+            for p in previous:  # the batch before: its copies had a whole forward pass to land
+                p.land()
+            previous = submitted
+            t2 = time.perf_counter()
+            wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
+            first = first or (wait + compute, real)
+            bar.update(real)
+    except DecodeError as e:
+        for p in previous:  # what was computed before the failure is written, whole shards marked done
             p.land()
-        previous = submitted
-        t2 = time.perf_counter()
-        wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
-        first = first or (wait + compute, real)
-        bar.update(real)
+        raise undecodable(e, split, cfg, targets=targets) from None
+    finally:
+        bar.close()
     for p in previous:
         p.land()
-    bar.close()
     return {"images": len(order), "wait_s": wait, "compute_s": compute,
             "first_batch_s": first[0] if first else 0.0, "first_batch_images": first[1] if first else 0}
+
+
+def undecodable(e: DecodeError, split: Split, cfg: Config, *, targets: list[Target]) -> UserError:
+    """The one line for a sample the decoder cannot read: its shard, key and source path, and what
+    stays done."""
+    s = e.index // split.samples_per_shard
+    done = int(sum(store.done_shards(targets[0].group))) if targets else 0
+    return UserError(
+        f"{split.tar_paths()[s]}: sample {split.key(e.index)} ({split.paths()[e.index]}): {e.decoder} cannot "
+        f"decode it ({e.message}). {done} of {len(split.shards)} shards are done and stay done. "
+        f"`python -m shard.verify {cfg.shards} --splits {split.name} --decode` lists every such sample; "
+        f"shard the split again with this version, which re-encodes what not every decoder reads")
 
 
 def _runtime(cfg: Config) -> tuple[Dist, torch.device, str]:
@@ -302,9 +330,14 @@ def _finish(targets: list[Target], dist: Dist) -> bool | None:
 def run(cfg: Config) -> dict:
     """Embed one split with every encoder of `cfg`; return a summary."""
     dist, device, precision = _runtime(cfg)
+    cfg = dataclasses.replace(cfg, decoder=resolve(cfg.decoder, device, views=cfg.views > 0))
     split = open_split(cfg.shards, cfg.split)
+    refuse_changed(split)
     with ExitStack() as locks:
-        targets = prepare_targets(cfg, split, device, precision=precision, dist=dist, locks=locks)
+        shards = CheckedShards(split)
+        locks.callback(shards.close)
+        targets = prepare_targets(cfg, split, device, precision=precision, dist=dist, locks=locks,
+                                  shards=shards)
         runners = [t.runner for t in targets]
         batch = cfg.batch_size or (auto_batch(runners, device, cfg.views, drift=cfg.check_drift > 0)
                                    if device.type == "cuda" else CPU_BATCH)
@@ -313,8 +346,10 @@ def run(cfg: Config) -> dict:
                 t.group.attrs.update(_attrs(t, cfg, device, batch=batch, split=split))
         dist.barrier()
         mine = deal([store.done_shards(t.group) for t in targets], dist)
-        log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s", dist.rank,
-                 dist.world, len(mine), device_name(device), batch, precision, targets[0].runner.compiled)
+        shards.start(mine)
+        log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s, decoder %s", dist.rank,
+                 dist.world, len(mine), device_name(device), batch, precision, targets[0].runner.compiled,
+                 cfg.decoder)
         stats = _loop(targets, split, mine, cfg=cfg, device=device, batch=batch, show=dist.rank == 0)
         complete = _finish(targets, dist)
     return stats | {"rank": dist.rank, "world": dist.world, "batch": batch, "device": str(device),

@@ -23,6 +23,16 @@ import numpy as np
 
 from embed.encoders import Preprocess
 
+
+@dataclass(frozen=True)
+class Views:
+    """K views per sample with one augmentation (a key of AUGMENTS) and a seed."""
+
+    k: int
+    augment: str
+    seed: int
+
+
 # columns of a sample's parameter row
 SCALE, LOG_RATIO, X_FRAC, Y_FRAC, FLIP, BRIGHT, CONTRAST, SAT, HUE, BLUR_SIGMA = range(10)
 NUM_PARAMS = 10

@@ -68,3 +68,89 @@ def test_nvjpeg_pixels_stay_within_a_few_grey_levels_of_pil(split):
 def test_key_of_source_info():
     info = np.frombuffer(b"/x/val-000001.tar:174080:00000042.jpg", dtype=np.uint8)
     assert key_of(info) == 42
+
+
+CHILD = """import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))  # below the shards' count
+from embed.encoders import ENCODERS, EncoderSpec
+ENCODERS["tiny_a"] = EncoderSpec("tiny_a", "test_tiny", patch=16, dim=32, depth=2, heads=2)
+from embed.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("decoder", ["torchvision", "torchvision-cpu"])
+def test_the_torchvision_decoder_holds_one_tar_open_at_a_time(tmp_path, decoder):
+    """80 one-sample shards under `ulimit -n 64` (ImageNet train is 1,282 shards, above the usual
+    1,024): every tar once kept open meant 'Too many open files' after 48 images."""
+    import subprocess
+    import sys
+
+    from shard.__main__ import main as shard_main
+    from tests.conftest import make_folder
+
+    make_folder(tmp_path / "src" / "val", ["a", "b"], per_class=40)
+    assert shard_main([str(tmp_path / "src"), str(tmp_path / "shards"), "--splits", "val",
+                       "--samples-per-shard", "1", "--workers", "1"]) == 0
+    args = [str(tmp_path / "shards"), "--split", "val", "--encoder", "tiny_a", "--weights", "random", "--out",
+            str(tmp_path / "s.zarr"), "--decoder", decoder, "--batch-size", "16", "--threads", "2"]
+    run = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    from embed.store import open_embeddings
+
+    assert open_embeddings(tmp_path / "s.zarr", "tiny_a", "val").shape == (80, 32)
+
+
+def test_a_member_is_read_to_the_size_its_index_lists(tmp_path):
+    from embed.decode_torchvision import Preparer
+    from shard.reader import ShardFormatError
+
+    tar = tmp_path / "x.tar"
+    tar.write_bytes(b"\xff\xd8" + bytes(100))
+    prepare = Preparer(Preprocess(), torch.device("cpu"), threads=1)
+    assert len(prepare._read((tar, 0, 102, 7))) == 102
+    with pytest.raises(ShardFormatError, match="sample 7 is cut short \\(52 of the 102 bytes"):
+        prepare._read((tar, 50, 102, 7))
+    prepare.close()
+
+
+def test_auto_is_dali_where_it_decodes_else_torchvision(monkeypatch):
+    """DALI is optional: where it is not installed, auto picks torchvision, an explicit dali is
+    one line before anything is written, and views (DALI's alone) say what they need."""
+    import importlib.util
+
+    from embed.pipeline import resolve
+    from msnpipe.runtime import UserError
+
+    cpu = torch.device("cpu")
+    assert resolve("auto", cpu, views=False) == "dali" and resolve("auto", cpu, views=True) == "dali"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("nvidia") else real(name, *a))
+    assert resolve("auto", cpu, views=False) == "torchvision"
+    assert resolve("torchvision-cpu", cpu, views=False) == "torchvision-cpu"
+    with pytest.raises(UserError, match="--decoder dali cannot run on cpu: nvidia.dali is not installed; use "
+                                        "--decoder auto or torchvision, torchvision-cpu"):
+        resolve("dali", cpu, views=False)
+    with pytest.raises(UserError, match="dali: nvidia.dali is not installed; torchvision: makes no augm"):
+        resolve("auto", cpu, views=True)
+
+
+def test_without_dali_the_default_run_uses_torchvision_and_records_it(embed_shards, tiny_encoders, tmp_path,
+                                                                     monkeypatch, caplog):
+    import importlib.util
+
+    from embed.__main__ import main
+    from embed.store import open_embeddings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("nvidia") else real(name, *a))
+    args = [str(embed_shards), "--split", "val", "--encoder", "tiny_a", "--weights", "random",
+            "--batch-size", "4"]
+    assert main(args + ["--out", str(tmp_path / "a.zarr"), "--decoder", "dali"]) == 1
+    assert "--decoder dali cannot run on cpu: nvidia.dali is not installed" in caplog.text
+    assert not (tmp_path / "a.zarr").exists()
+    assert main(args + ["--out", str(tmp_path / "a.zarr")]) == 0
+    assert open_embeddings(tmp_path / "a.zarr", "tiny_a", "val").attrs["identity"]["decoder"] == "torchvision"
+    assert main(args + ["--out", str(tmp_path / "a.zarr"), "--decoder", "torchvision"]) == 0  # the same group
