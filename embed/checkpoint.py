@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -78,16 +80,33 @@ def random_model(spec: EncoderSpec, seed: int = 0) -> nn.Module:
 
 
 def _load(path: Path) -> dict:
-    """torch.load of an official checkpoint, memory-mapped (only what is used is read); any
-    file torch cannot read as a checkpoint is a CheckpointError naming it."""
-    if path.stat().st_size == 0:
+    """torch.load of an official checkpoint, memory-mapped when it is in the zip format (only what
+    is used is read; the legacy pre-1.6 format is read whole). A pickle holding objects other than
+    tensors and plain types, and a file that is no checkpoint at all, are CheckpointErrors naming
+    the file and what the loader said."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (the file is empty)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:  # zip, pickle and EOF errors alike: the file is not what was asked for
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {first}); "
-                              f"download it again with `make weights`") from None
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=head == b"PK\x03\x04")
+    except pickle.UnpicklingError as e:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found is None:  # bytes that are no pickle at all
+            raise _not_a_checkpoint(path, e) from None
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain types ({found.group(1)}), which msnpipe "
+            "does not unpickle; an official MSN checkpoint holds none. Save its target_encoder state dict "
+            "alone, or fetch the official file with `make weights`") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:  # zip, tar, pickle and EOF errors
+        raise _not_a_checkpoint(path, e) from None
+
+
+def _not_a_checkpoint(path: Path, e: Exception) -> CheckpointError:
+    text = str(e).split("WeightsUnpickler error:", 1)[-1].strip()  # the unpickler's own words
+    first = text.splitlines()[0][:200] if text else type(e).__name__
+    return CheckpointError(f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {first}); "
+                           f"download it again with `make weights`")
 
 
 def load_encoder(spec: EncoderSpec, weights: str | Path) -> tuple[nn.Module, dict]:

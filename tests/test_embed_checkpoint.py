@@ -89,3 +89,27 @@ def test_an_empty_or_garbage_weights_file_gets_one_line_naming_it(tmp_path, cont
     path.write_bytes(content)
     with pytest.raises(CheckpointError, match=rf"{path}: not a PyTorch checkpoint"):
         load_encoder(get_spec("vits16_800ep"), path)
+
+
+def test_a_legacy_format_checkpoint_loads_like_the_zip_one(ckpt, tmp_path):
+    """torch.save(..., _use_new_zipfile_serialization=False) writes the pre-1.6 format, which
+    cannot be memory-mapped; it once read as 'not a PyTorch checkpoint ... download it again'."""
+    spec = get_spec("vits16_800ep")
+    legacy = tmp_path / "legacy.pth.tar"
+    torch.save(torch.load(ckpt, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:2] != b"PK"  # not a zip
+    zipped, _ = load_encoder(spec, ckpt)
+    old, info = load_encoder(spec, legacy)
+    for (name, a), (_, b) in zip(zipped.state_dict().items(), old.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert info["weights_sha256"] != load_encoder(spec, ckpt)[1]["weights_sha256"]
+
+
+def test_a_pickle_of_other_objects_is_named_for_what_it_is(tmp_path):
+    """A real pickle that weights_only loading refuses is not a damaged download; the message says
+    what it holds, and how to load it if it is trusted."""
+    path = tmp_path / "objects.pth.tar"
+    torch.save({"target_encoder": {}, "when": __import__("datetime").date(2022, 4, 14)}, path)
+    with pytest.raises(CheckpointError, match="holds objects other than tensors") as e:
+        load_encoder(get_spec("vits16_800ep"), path)
+    assert "download it again" not in str(e.value) and "datetime" in str(e.value)
