@@ -80,7 +80,8 @@ def _dqt(seg: bytes) -> tuple[int, ...]:
     i, ids = 0, []
     while i < len(seg):
         pq, tq = seg[i] >> 4, seg[i] & 15
-        _check(pq <= 1 and tq < 4, f"quantization table {tq} of precision {pq}")
+        if not (pq <= 1 and tq < 4):
+            raise _Unusual(f"quantization table {tq} of precision {pq}")
         i += 1 + 64 * (pq + 1)
         _check(i <= len(seg), "a quantization table cut short")
         ids.append(tq)
@@ -114,10 +115,12 @@ def _dht(seg: bytes) -> tuple[tuple[int, int], ...]:
         counts = seg[i + 1 : i + 17]
         n = sum(counts)
         values = seg[i + 17 : i + 17 + n]
-        _check(tc <= 1 and th < 4, f"Huffman table class {tc}, id {th}")
+        if not (tc <= 1 and th < 4):
+            raise _Unusual(f"Huffman table class {tc}, id {th}")
         _check(len(values) == n, "a Huffman table cut short")
         problem = huffman_problem(counts, values, tc == 0)
-        _check(problem is None, f"{problem} ({'DC' if tc == 0 else 'AC'} table {th})")
+        if problem is not None:
+            raise _Unusual(f"{problem} ({'DC' if tc == 0 else 'AC'} table {th})")
         ids.append((tc, th))
         i += 17 + n
     return tuple(ids)
@@ -126,16 +129,21 @@ def _dht(seg: bytes) -> tuple[tuple[int, int], ...]:
 def _sof(marker: int, seg: bytes) -> _Frame:
     _check(len(seg) >= 6, "a frame header cut short")
     precision, height, width, n = struct.unpack(">BHHB", seg[:6])
-    _check(precision == 8, f"{precision}-bit samples")
-    _check(0 < height <= MAX_DIMENSION and 0 < width <= MAX_DIMENSION, f"a size of {width}x{height}")
-    _check(n in (1, 3), f"{n} components (1 or 3 expected: CMYK and YCCK are converted)")
+    if precision != 8:
+        raise _Unusual(f"{precision}-bit samples")
+    if not (0 < height <= MAX_DIMENSION and 0 < width <= MAX_DIMENSION):
+        raise _Unusual(f"a size of {width}x{height}")
+    if n not in (1, 3):
+        raise _Unusual(f"{n} components (1 or 3 expected: CMYK and YCCK are converted)")
     _check(len(seg) == 6 + 3 * n, "a frame header of the wrong length")
     comps = {}
     for j in range(n):
         cid, hv, tq = seg[6 + 3 * j : 9 + 3 * j]
         h, v = hv >> 4, hv & 15
-        _check(cid not in comps, f"component id {cid} twice")
-        _check(1 <= h <= 4 and 1 <= v <= 4 and tq < 4, f"component {cid}: sampling {h}x{v}, table {tq}")
+        if cid in comps:
+            raise _Unusual(f"component id {cid} twice")
+        if not (1 <= h <= 4 and 1 <= v <= 4 and tq < 4):
+            raise _Unusual(f"component {cid}: sampling {h}x{v}, table {tq}")
         comps[cid] = (h, v, tq)
     frame = _Frame(HUFFMAN_FRAMES[marker], width, height, comps=comps)
     _check(all(frame.max_h % h == 0 and frame.max_v % v == 0 for h, v, _ in comps.values()),
@@ -150,13 +158,16 @@ def _progression(frame: _Frame, ids: list[int], *, ss: int, se: int, ah: int, al
     for c in ids:
         bits = frame.bits[c]
         if not frame.progressive:
-            _check(bits[0] < 0, f"component {c} in two scans of a sequential file")
+            if bits[0] >= 0:
+                raise _Unusual(f"component {c} in two scans of a sequential file")
             bits[:] = [0] * 64
             continue
-        _check(ss == 0 or bits[0] >= 0, f"an AC scan of component {c} before its DC scan")
+        if not (ss == 0 or bits[0] >= 0):
+            raise _Unusual(f"an AC scan of component {c} before its DC scan")
         band = bits[ss : se + 1]
         ok = max(band) <= 0 if ah == 0 else min(band) == ah == max(band)
-        _check(ok, f"an inconsistent progression for component {c}, coefficients {ss}-{se}")
+        if not ok:
+            raise _Unusual(f"an inconsistent progression for component {c}, coefficients {ss}-{se}")
         bits[ss : se + 1] = [al] * (se + 1 - ss)
 
 
@@ -167,23 +178,28 @@ def _sos(seg: bytes, frame: _Frame | None, quant: set[int], *, huff: set[tuple[i
     n = seg[0]
     _check(1 <= n <= 4 and len(seg) == 4 + 2 * n, "a scan header of the wrong length")
     ids = [seg[1 + 2 * j] for j in range(n)]
-    _check(len(set(ids)) == n and all(c in frame.comps for c in ids), f"scan components {ids}")
+    if not (len(set(ids)) == n and all(c in frame.comps for c in ids)):
+        raise _Unusual(f"scan components {ids}")
     _check(all(frame.comps[c][2] in quant for c in ids), "a quantization table not defined")
     ss, se, ah_al = seg[1 + 2 * n], seg[2 + 2 * n], seg[3 + 2 * n]
     ah, al = ah_al >> 4, ah_al & 15
     blocks = sum(frame.comps[c][0] * frame.comps[c][1] for c in ids) if n > 1 else 1
-    _check(blocks <= MAX_BLOCKS_IN_MCU, f"{blocks} blocks in an MCU")
+    if blocks > MAX_BLOCKS_IN_MCU:
+        raise _Unusual(f"{blocks} blocks in an MCU")
     if frame.progressive:  # libjpeg's fatal checks: a refinement scan must refine by one bit
-        _check(ss <= se <= 63 and al <= 13 and (ah == 0 or al == ah - 1) and (ss > 0 or se == 0)
-               and (ss == 0 or n == 1), f"progressive scan parameters {ss}-{se}, {ah}/{al}")
+        if not (ss <= se <= 63 and al <= 13 and (ah == 0 or al == ah - 1) and (ss > 0 or se == 0)
+                and (ss == 0 or n == 1)):
+            raise _Unusual(f"progressive scan parameters {ss}-{se}, {ah}/{al}")
     else:
         _check(ss == 0 and se == 63 and ah == 0 and al == 0, "sequential scan parameters")
     for j in range(n):
         td, ta = seg[2 + 2 * j] >> 4, seg[2 + 2 * j] & 15
         if ss == 0 and ah == 0:  # DC first scans decode with the DC table
-            _check((0, td) in huff, f"DC Huffman table {td} not defined")
+            if (0, td) not in huff:
+                raise _Unusual(f"DC Huffman table {td} not defined")
         if se > 0:  # AC scans with the AC table
-            _check((1, ta) in huff, f"AC Huffman table {ta} not defined")
+            if (1, ta) not in huff:
+                raise _Unusual(f"AC Huffman table {ta} not defined")
     _progression(frame, ids, ss=ss, se=se, ah=ah, al=al)
     return ids
 
@@ -194,12 +210,15 @@ def _scan_end(data: bytes, pos: int, *, restarts: int) -> int:
     m, seen = NEXT_MARKER.search(data, pos), 0
     while m is not None and 0xD0 <= data[m.start() + 1] <= 0xD7:
         rst = data[m.start() + 1] - 0xD0
-        _check(seen < restarts, f"RST{rst} at byte {m.start()}, beyond the restart interval's markers")
-        _check(rst == seen % 8, f"restart markers out of order (RST{rst} where RST{seen % 8} belongs)")
+        if seen >= restarts:
+            raise _Unusual(f"RST{rst} at byte {m.start()}, beyond the restart interval's markers")
+        if rst != seen % 8:
+            raise _Unusual(f"restart markers out of order (RST{rst} where RST{seen % 8} belongs)")
         seen += 1
         m = NEXT_MARKER.search(data, m.end())
     _check(m is not None, "no EOI: the data ends inside a scan")
-    _check(seen == restarts, f"{seen} restart markers in a scan that needs {restarts}")
+    if seen != restarts:
+        raise _Unusual(f"{seen} restart markers in a scan that needs {restarts}")
     return m.start()
 
 
@@ -215,7 +234,8 @@ def _segment(data: bytes, pos: int, marker: int) -> tuple[bytes, int]:
     """(payload, position after it) of the segment whose length field is at `pos`."""
     _check(pos + 2 <= len(data), "no EOI: the data ends inside a marker")
     length = struct.unpack(">H", data[pos : pos + 2])[0]
-    _check(length >= 2, f"a segment length of {length} ({_marker_name(marker)} at byte {pos - 2})")
+    if length < 2:
+        raise _Unusual(f"a segment length of {length} ({_marker_name(marker)} at byte {pos - 2})")
     _check(pos + length <= len(data), "no EOI: the data ends inside a segment")
     return data[pos + 2 : pos + length], pos + length
 
@@ -227,7 +247,8 @@ def _walk(data: bytes) -> tuple[int, int]:
     huff: set[tuple[int, int]] = set()
     while True:
         _check(pos < len(data), "no EOI: the data ends between segments")
-        _check(data[pos] == 0xFF, f"bytes between segments, at byte {pos}")
+        if data[pos] != 0xFF:
+            raise _Unusual(f"bytes between segments, at byte {pos}")
         while pos < len(data) and data[pos] == 0xFF:  # fill bytes before a marker
             pos += 1
         _check(pos < len(data), "no EOI: the data ends in fill bytes")
@@ -236,10 +257,12 @@ def _walk(data: bytes) -> tuple[int, int]:
         if marker == EOI:
             _check(frame is not None, "EOI before any frame")
             missing = [c for c, bits in frame.bits.items() if bits[0] < 0]
-            _check(not missing, f"no DC scan for component {', '.join(map(str, missing))}")
+            if missing:
+                raise _Unusual(f"no DC scan for component {', '.join(map(str, missing))}")
             return frame.width, frame.height
         _check(marker not in OTHER_FRAMES, OTHER_FRAMES.get(marker, ""))
-        _check(marker in HEADER_MARKERS, f"{_marker_name(marker)} at byte {pos - 1}")
+        if marker not in HEADER_MARKERS:
+            raise _Unusual(f"{_marker_name(marker)} at byte {pos - 1}")
         seg, pos = _segment(data, pos, marker)
         if marker == DQT:
             quant.update(_dqt(seg))
