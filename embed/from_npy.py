@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from embed import store
+from msnpipe.files import plain_name
 from msnpipe.runtime import command
 
 log = logging.getLogger("embed.from_npy")
@@ -97,6 +98,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run(a: argparse.Namespace) -> None:
     """Import every split found in the folder, checking all of them first."""
+    plain_name(a.encoder, "--encoder")
     splits = find_splits(a.folder, a.encoder) if a.folder.is_dir() else []
     if not splits:
         raise store.StoreError(f"{a.folder}: no embeddings_{a.encoder}_<split>.npy found")

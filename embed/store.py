@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from msnpipe.files import exclusive
+from msnpipe.files import exclusive, plain_name
 from msnpipe.runtime import UserError
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened, so command lines start fast
@@ -75,8 +75,14 @@ def _open_root(store: Path | str, mode: str) -> zarr.Group:
     return zarr.open_group(str(store), mode=mode, zarr_format=3)
 
 
+def _named(encoder: str, split: str) -> tuple[str, str]:
+    """A group is STORE/<encoder>/<split>: both must be plain names."""
+    return plain_name(encoder, "--encoder"), plain_name(split, "--split")
+
+
 def writer_lock(store: Path | str, encoder: str, split: str) -> AbstractContextManager:
     """Hold the one-writer lock of group (encoder, split); a second writer gets Busy naming us."""
+    _named(encoder, split)
     folder = Path(store) / LOCKS
     folder.mkdir(parents=True, exist_ok=True)
     return exclusive(folder / f"{encoder}--{split}.lock", f"{store}: {encoder}/{split}")
@@ -105,6 +111,7 @@ def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout,
     """Create group (encoder, split) atomically: built under STORE/.tmp, then renamed into place.
     An existing group is an error unless `overwrite`, which replaces it whole. Call it holding
     `writer_lock`."""
+    _named(encoder, split)
     root = _open_root(store, "a")
     root.require_group(encoder)
     final = Path(store) / encoder / split
@@ -127,6 +134,7 @@ def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout,
 
 def open_group(store: Path | str, encoder: str, split: str, *, mode: str = "r") -> zarr.Group | None:
     """The group of (encoder, split), or None when the store or the group does not exist."""
+    _named(encoder, split)
     if not (Path(store) / encoder / split / "zarr.json").is_file():
         return None
     return _open_root(store, mode)[f"{encoder}/{split}"]

@@ -7,15 +7,22 @@
 Locks are `flock`s on a file that names its holder (pid, host, start, command); the kernel
 drops them when the holder dies, so a killed run never leaves a stale lock behind. A flock
 belongs to the open file, which a fork shares: forked workers let go of their copies
-(`forget_inherited_locks`, run by msnpipe.pool), so the lock dies with its holder alone.
+(`forget_inherited_locks`, run by msnpipe.pool), so the lock dies with its holder alone. A lock
+file is opened without following a link (O_NOFOLLOW) and rewritten only when it is a regular
+file of one link, empty or holding a holder's record: a link or file planted where a lock goes
+(a shared folder) is refused, never written through. Names the command line turns into paths
+(split, encoder) must be plain names (`plain_name`).
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import os
+import re
 import socket
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,21 +69,46 @@ def _holder() -> str:
     return f"pid {os.getpid()} on {socket.gethostname()} since {now} ({cmd})"
 
 
+HOLDER = re.compile(r"pid \d+ on \S+ since ")  # how _holder's records begin
+
+
+def _lock_file(lock_path: Path):
+    """The lock file opened for reading and writing, created if absent, refused if it is a link,
+    a file of several links, or not a regular file."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UserError(f"{lock_path}: is a symbolic link, not a lock file; remove it (msnpipe never "
+                            "writes through a link)") from None
+        raise UserError(f"{lock_path}: cannot be opened as a lock file ({e.strerror})") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise UserError(f"{lock_path}: not a lock file msnpipe made (a hard link or not a regular file); "
+                        "remove it")
+    return os.fdopen(fd, "r+")
+
+
 @contextmanager
 def exclusive(lock_path: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` while the block runs; if another process holds it,
     raise Busy naming that process."""
-    f = open(lock_path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+    f = _lock_file(lock_path)
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         f.seek(0)
-        holder = f.read().strip() or "another process"
+        holder = f.read(400).strip() or "another process"
         f.close()
         raise Busy(f"{what} is being written by {holder}; wait for it to finish or stop it "
                    f"(lock file {lock_path})") from None
     _HELD.add(f.fileno())
     try:
+        f.seek(0)
+        old = f.read(400)
+        if old and not HOLDER.match(old):
+            raise UserError(f"{lock_path}: not a lock file msnpipe made (it holds other text); remove it")
         f.seek(0)
         f.truncate()
         f.write(_holder() + "\n")
@@ -85,6 +117,16 @@ def exclusive(lock_path: Path, what: str) -> Iterator[None]:
     finally:
         _HELD.discard(f.fileno())
         f.close()  # releases the lock; the file stays (removing it would race a new holder)
+
+
+def plain_name(name: str, what: str) -> str:
+    """`name` itself when it can be a folder or file name as it is (no separator, not . or .., not
+    hidden, no control characters); a UserError naming `what` otherwise."""
+    if (not name or "/" in name or "\\" in name or name.startswith(".") or len(name) > 200
+            or any(ord(c) < 32 for c in name)):
+        raise UserError(f"{what} {name!r}: not a plain name (it becomes a folder or file name: letters, "
+                        "digits and -_. , no '/', not starting with '.')")
+    return name
 
 
 def whole_lines(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
-from msnpipe.files import writable_dir
+from msnpipe.files import plain_name, writable_dir
 from msnpipe.pool import worker_pool
 from msnpipe.runtime import UserError, command, difference
 from shard.build import Settings, report, shard_split
@@ -141,6 +141,8 @@ def run(args: argparse.Namespace) -> list:
     """Shard every requested split; return their summaries."""
     settings = Settings(args.samples_per_shard, args.quality, args.max_side, args.validate)
     splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
+    if args.classes_from:
+        plain_name(args.classes_from, "--classes-from")
     check_nesting(args.src, args.out)
     writable_dir(args.out, "OUT")
     classes, listed = class_lists(args, splits)

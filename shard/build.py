@@ -286,6 +286,9 @@ def shard_split(
     `listed` gives the samples of a multi-label list file instead of the class folders."""
     t0 = time.perf_counter()
     dest = out / name
+    if dest.is_symlink():
+        raise UserError(f"{dest}: is a symbolic link; a split folder is written in OUT itself: remove the "
+                        "link, or give another OUT")
     if (dest / MANIFEST).exists():
         return _already_complete(name, dest, settings)
     work = dest / WORK

@@ -21,6 +21,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from msnpipe.files import plain_name
 from msnpipe.runtime import UserError
 from shard import FORMAT
 
@@ -163,7 +164,7 @@ def read_manifest(path: Path, raw: bytes | None = None) -> dict:
 
 def open_split(root: Path | str, name: str) -> Split:
     """The complete split `root/name`; a clear error if it is missing or unfinished."""
-    split_dir = Path(root) / name
+    split_dir = Path(root) / plain_name(name, "--split")
     path = split_dir / MANIFEST
     if not path.is_file():
         hint = "it is unfinished: rerun python -m shard" if split_dir.is_dir() else "no such split"

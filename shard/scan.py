@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from msnpipe.files import plain_name
 from msnpipe.runtime import UserError, difference, few
 
 # torchvision.datasets.folder.IMG_EXTENSIONS (a test keeps the two equal).
@@ -103,7 +104,10 @@ def list_candidates(split_dir: Path, classes: list[str]) -> list[Candidate]:
 
 
 def resolve_splits(src: Path, split: str | None, splits: list[str] | None) -> dict[str, Path]:
-    """Map split name -> folder: SRC itself with `--split`, else SRC/<name> for each split."""
+    """Map split name -> folder: SRC itself with `--split`, else SRC/<name> for each split. A
+    split name becomes OUT/<name>, so it must be a plain name."""
+    for name in [split] if split is not None else splits or []:
+        plain_name(name, "--split" if split is not None else "--splits")
     if not src.is_dir():
         raise ScanError(f"{src}: not a folder (expected an ImageFolder with train/ and/or val/)")
     if split is not None:

@@ -183,3 +183,25 @@ def test_info_says_what_it_read(tmp_path, capsys):
     assert "enc/val: 10 x 4 float32" in out and "python -m embed.verify reads every chunk back" in out
     assert "0/3 shards marked done, INCOMPLETE" in describe(tmp_path / "s.zarr")[0]
     assert info_main([str(tmp_path / "none")]) == 1
+
+
+@pytest.mark.parametrize("encoder, split", [("../x", "val"), ("vits16_800ep", "../../val"), (".locks", "a")])
+def test_group_names_must_be_plain(tmp_path, encoder, split):
+    from msnpipe.runtime import UserError
+
+    layout = store.Layout(4, 2, 4, 1)
+    for call in (lambda: store.open_group(tmp_path, encoder, split),
+                 lambda: store.writer_lock(tmp_path, encoder, split),
+                 lambda: store.create_group(tmp_path, encoder, split, layout=layout, attrs={})):
+        with pytest.raises(UserError, match="not a plain name"):
+            call()
+    assert not any(tmp_path.iterdir())
+
+
+def test_from_npy_refuses_an_encoder_name_that_is_not_plain(tmp_path, caplog):
+    from embed.from_npy import main as from_npy_main
+
+    np.save(tmp_path / "embeddings_x_train.npy", np.zeros((4, 2), np.float32))
+    np.save(tmp_path / "labels_train.npy", np.arange(4))
+    assert from_npy_main([str(tmp_path), "--encoder", "../x", "--out", str(tmp_path / "s.zarr")]) == 1
+    assert "not a plain name" in caplog.text and not (tmp_path / "s.zarr").exists()

@@ -135,3 +135,47 @@ def test_pyproject_installs_the_msnpipe_command():
     meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     assert meta["project"]["scripts"] == {"msnpipe": "msnpipe.cli:main"}
     assert set(meta["tool"]["setuptools"]["packages"]) == {"msnpipe", "shard", "embed", "probe", "bench"}
+
+
+def test_a_lock_path_that_is_a_symlink_is_refused_and_its_target_untouched(tmp_path):
+    """A link planted where a lock goes (a shared folder) made the writer truncate its target."""
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    (tmp_path / "out").mkdir()
+    os.symlink(target, tmp_path / "out" / ".lock")
+    with pytest.raises(UserError, match="is a symbolic link, not a lock file"):
+        with exclusive(tmp_path / "out" / ".lock", "out"):
+            pass
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_lock_path_holding_another_file_is_refused_and_left_as_it_is(tmp_path):
+    for name, make in (("hardlink", lambda p: os.link(tmp_path / "precious.txt", p)),
+                       ("foreign", lambda p: p.write_text("not a lock: somebody's notes\n"))):
+        (tmp_path / "precious.txt").write_text("keep me\n")
+        lock = tmp_path / f"{name}.lock"
+        make(lock)
+        before = lock.read_bytes()
+        with pytest.raises(UserError, match="not a lock file msnpipe made"), exclusive(lock, "out"):
+            pass
+        assert lock.read_bytes() == before and (tmp_path / "precious.txt").read_text() == "keep me\n"
+        lock.unlink()
+
+
+def test_a_lock_file_an_earlier_run_left_is_reused(tmp_path):
+    lock = tmp_path / ".lock"
+    with exclusive(lock, "out"):
+        pass
+    assert lock.read_text().startswith("pid ")
+    with exclusive(lock, "out"):  # the record of a finished holder is ours to replace
+        assert f"pid {os.getpid()} " in lock.read_text()
+
+
+@pytest.mark.parametrize("name", ["../../x", "a/b", "..", ".", "", "/abs", "x\ny", ".hidden"])
+def test_a_name_that_becomes_a_path_must_be_plain(name):
+    from msnpipe.files import plain_name
+
+    with pytest.raises(UserError, match="--split"):
+        plain_name(name, "--split")
+    assert plain_name("train", "--split") == "train"
+    assert plain_name("vit_s-16.v2", "--encoder") == "vit_s-16.v2"

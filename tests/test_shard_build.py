@@ -325,3 +325,25 @@ def test_a_file_that_could_not_be_read_is_read_again_on_rerun(tmp_path, monkeypa
     assert main([str(tmp_path / "src"), str(tmp_path / "clean"), *args]) == 0
     assert outputs(tmp_path / "out" / "train") == outputs(tmp_path / "clean" / "train")
     assert open_split(tmp_path / "out", "train").num_samples == 10
+
+
+@pytest.mark.parametrize("flags", [["--split", "../../escaped"], ["--splits", "train,../escaped"],
+                                   ["--split", "a/b"], ["--classes-from", "../x"]])
+def test_a_split_name_that_is_not_a_plain_name_is_refused_and_nothing_is_written(tmp_path, flags, caplog):
+    """`--split ../../x` once wrote the split folder and its tars outside OUT, with exit 0."""
+    make_folder(tmp_path / "deep" / "src" / "train", ["a", "b"], per_class=2)
+    src = tmp_path / "deep" / "src" / ("train" if flags[0] == "--split" else "")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    assert main([str(src), str(tmp_path / "deep" / "out"), *flags, "--workers", "1"]) == 1
+    assert "not a plain name" in caplog.text
+    assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_split_folder_that_is_a_symlink_is_refused(tmp_path, caplog):
+    """Through a symlinked name, manifest.json landed in the source folder."""
+    make_folder(tmp_path / "src" / "train", ["a", "b"], per_class=2)
+    (tmp_path / "out").mkdir()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "out" / "train")
+    (tmp_path / "elsewhere").mkdir()
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "1"]) == 1
+    assert "is a symbolic link" in caplog.text and not any((tmp_path / "elsewhere").iterdir())
