@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from msnpipe.files import exclusive, plain_name
+from msnpipe.files import exclusive, naming, plain_name
 from msnpipe.runtime import UserError
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened, so command lines start fast
@@ -172,12 +172,13 @@ def write_shard(group: zarr.Group, shard: int, start: int, *, rows: np.ndarray, 
         raise StoreError(f"{group.path}: shard {shard}: {len(bad)} of {len(rows)} rows are not finite "
                          f"(NaN or Inf): {named}{more}; the shard is not marked done")
     end = start + len(rows)
-    group["embeddings"][start:end] = rows.astype(group["embeddings"].dtype)
-    if views is not None:
-        group["views"][start:end] = views.astype(group["views"].dtype)
-    group["labels"][start:end] = labels
-    group["paths"][start:end] = np.asarray(paths, dtype=str)
-    group["shards_done"][shard] = True
+    with naming(group.store_path):
+        group["embeddings"][start:end] = rows.astype(group["embeddings"].dtype)
+        if views is not None:
+            group["views"][start:end] = views.astype(group["views"].dtype)
+        group["labels"][start:end] = labels
+        group["paths"][start:end] = np.asarray(paths, dtype=str)
+        group["shards_done"][shard] = True
 
 
 def mark_complete_if_done(group: zarr.Group) -> bool:

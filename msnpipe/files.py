@@ -141,6 +141,18 @@ def whole_lines(path: Path) -> list[str]:
     return whole.decode("utf-8").split("\n")[:-1]
 
 
+@contextmanager
+def naming(path: Path | str) -> Iterator[None]:
+    """OSErrors raised in the block name `path` when they name no file (a failed write rarely
+    says which file it was writing)."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
 def fsync_rename(tmp: Path, final: Path) -> None:
     """Flush `tmp` to disk and rename it to `final` (atomic on POSIX file systems)."""
     with open(tmp, "rb") as f:
@@ -151,5 +163,6 @@ def fsync_rename(tmp: Path, final: Path) -> None:
 def write_atomic(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file and a rename."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    fsync_rename(tmp, path)
+    with naming(tmp):
+        tmp.write_bytes(data)
+        fsync_rename(tmp, path)

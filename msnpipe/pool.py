@@ -56,6 +56,7 @@ def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
     from msnpipe.files import forget_inherited_locks
 
     forget_inherited_locks()  # forked: the parent's locks must die with the parent alone
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it shuts the pool down
     die_with_parent(parent)
     if initializer is not None:
         initializer(*initargs)

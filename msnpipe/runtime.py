@@ -2,14 +2,19 @@
 
 A command raises `UserError` (or a subclass) for anything the user can fix — a bad path,
 a value out of range, a store built from other inputs — and its `main` turns exactly these
-into one line and exit status 1. Every other exception keeps its traceback.
+into one line and exit status 1; so it does with the faults every command can meet (a full
+disk or quota, a read-only file system: exit 1; Ctrl-C: exit 130; SIGTERM: exit 143), each
+naming the way out. Every other exception keeps its traceback.
 
     from msnpipe.runtime import UserError, setup_logging, pick_device
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import signal
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +27,20 @@ LOG_FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 class UserError(Exception):
     """Bad input or state the user can fix: printed as one line, exit status 1."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (raised in the main thread, so `finally` blocks and pools shut down)."""
+
+
+DISK_FULL = {errno.ENOSPC: "free space", errno.EDQUOT: "free space (or raise the quota)",
+             errno.EFBIG: "free space (or raise the file-size limit)",
+             errno.EROFS: "write to a writable file system"}
+RERUN = "rerun the same command to go on: what was finished is kept, nothing half-written is read as whole"
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
 
 
 def few(names: list[str], limit: int = 5) -> str:
@@ -51,11 +70,28 @@ def command(parse: Callable[[list[str] | None], Any], run: Callable[[Any], Any],
     and exit status 1, anything else keeps its traceback. `done(args, result)` reports success."""
     setup_logging()
     args = parse(argv)
+    log = logging.getLogger(logger)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         result = run(args)
     except UserError as e:
-        logging.getLogger(logger).error("%s", e)
+        log.error("%s", e)
         return 1
+    except KeyboardInterrupt:
+        log.error("interrupted (Ctrl-C); %s", RERUN)
+        return 130
+    except Terminated:
+        log.error("terminated (SIGTERM); %s", RERUN)
+        return 143
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        log.error("%s: %s; %s and %s", e.filename or "writing", e.strerror, DISK_FULL[e.errno], RERUN)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if done is not None:
         done(args, result)
     return result if type(result) is int else 0  # a run may return its exit status

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from msnpipe.files import exclusive, whole_lines, writable_dir, write_atomic
+from msnpipe.files import exclusive, naming, whole_lines, writable_dir, write_atomic
 from msnpipe.runtime import UserError
 
 LOCK = ".lock"
@@ -106,7 +106,7 @@ class ResultFile:
             write_atomic(self.path.with_suffix(".json"), body.encode())
             self.record = None
         new = not self.path.exists() or self.path.stat().st_size == 0
-        with open(self.path, "a", newline="") as f:
+        with naming(self.path), open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, self.columns)
             if new:
                 w.writeheader()

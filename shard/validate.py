@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from msnpipe.files import whole_lines
+from msnpipe.files import naming, whole_lines
 from msnpipe.pool import ordered_map
 from shard.images import SKIP, Verdict, check_image, not_regular
 from shard.scan import Candidate
@@ -98,7 +98,7 @@ def verdicts(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: i
     checked = _checked([os.path.join(split_dir, cands[i].path) for i, _ in todo], max_side, how, pool=pool)
     idents = dict(todo)
     bar = tqdm(total=len(todo), desc=f"validate {split_dir.name}", unit="img", smoothing=0.1)
-    with open(journal_path, "a", encoding="utf-8") as journal, bar:
+    with naming(journal_path), open(journal_path, "a", encoding="utf-8") as journal, bar:
         for i, c in enumerate(cands):
             if i in known:
                 yield known[i]

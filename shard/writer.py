@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from msnpipe.files import fsync_rename, write_atomic
+from msnpipe.files import fsync_rename, naming, write_atomic
 
 DALI_INDEX_VERSION = "v1.2"
 TAR_MTIME = 0
@@ -133,7 +133,7 @@ def write_shard(tar_path: Path, samples: Iterable[tuple[str, bytes, int]]) -> Sh
         count += 1
     pieces, members = tar_bytes(files)
     digest, size = hashlib.sha256(), 0
-    with open(tmp, "wb") as f:
+    with naming(tmp), open(tmp, "wb") as f:
         for piece in pieces:
             digest.update(piece)
             size += len(piece)
