@@ -76,10 +76,11 @@ def _slow(kind: str, tmp_path: Path, images: Path) -> tuple[list[str], Path]:
         store = random_store(tmp_path, n_train=1200, n_val=600, dim=96, classes=60)
         return ["probe", str(store), "--encoder", "r", "--out", str(tmp_path / "o"), "--seeds", "0-999",
                 "--backend", "sklearn", "--jobs", "2"], tmp_path / "o" / "fewshot.csv"
-    assert _run("shard", str(images), str(tmp_path / "shards"), "--splits", "train", "--samples-per-shard", "4",
+    shards, store = tmp_path / "shards", tmp_path / "s.zarr"
+    assert _run("shard", str(images), str(shards), "--splits", "train", "--samples-per-shard", "4",
                 "--workers", "1").returncode == 0
-    return ["embed", str(tmp_path / "shards"), "--split", "train", "--encoder", "vits16_800ep", "--weights",
-            "random", "--out", str(tmp_path / "s.zarr"), "--batch-size", "2"], tmp_path / "s.zarr" / "vits16_800ep"
+    return ["embed", str(shards), "--split", "train", "--encoder", "vits16_800ep", "--weights", "random",
+            "--out", str(store), "--batch-size", "2"], store / "vits16_800ep"
 
 
 @pytest.mark.slow
