@@ -166,15 +166,28 @@ def _identity(spec: EncoderSpec, split: Split, cfg: Config, *, weights_info: dic
     }))
 
 
-def _attrs(t: Target, cfg: Config, device: torch.device, *, batch: int, split: Split) -> dict:
+def _attrs(t: Target, cfg: Config, *, split: Split) -> dict:
+    """What the group was made from (the same on every run)."""
     return {
         "encoder": t.spec.name, "architecture": t.spec.arch, "spec": t.spec.describe(), "kind": cfg.kind,
         "weights": t.info["weights"], "weights_sha256": t.info["weights_sha256"],
         "random_weights": t.info["random_weights"], "preprocessing": t.identity["preprocessing"],
-        "precision": t.identity["precision"], "device": device_name(device), "batch_size": batch,
-        "versions": versions(), "shards": str(split.dir), "shards_manifest_sha256": split.manifest_sha256,
-        "num_shards": len(split.shards), "classes": split.classes, "identity": t.identity,
+        "precision": t.identity["precision"], "shards": str(split.dir),
+        "shards_manifest_sha256": split.manifest_sha256, "num_shards": len(split.shards),
+        "skipped_files": len(split.skipped), "classes": split.classes, "identity": t.identity,
     }
+
+
+def record_run(group, *, device: torch.device, batch: int, dist: Dist) -> None:
+    """Append this run to the group's `runs` (a group resumed on another machine keeps both); the
+    top-level device, batch_size and versions stay the first run's."""
+    done = int(store.done_shards(group).sum())
+    run = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+           "device": device_name(device), "batch_size": batch, "world": dist.world, "versions": versions(),
+           "shards_done_before": done}
+    attrs = group.attrs.asdict()
+    first = {k: run[k] for k in ("device", "batch_size", "versions") if k not in attrs}
+    group.attrs.update(first | {"runs": attrs.get("runs", []) + [run]})
 
 
 def ensure_group(cfg: Config, name: str, split: Split, *, identity: dict) -> None:
@@ -343,7 +356,8 @@ def run(cfg: Config) -> dict:
                                    if device.type == "cuda" else CPU_BATCH)
         if dist.rank == 0:
             for t in targets:
-                t.group.attrs.update(_attrs(t, cfg, device, batch=batch, split=split))
+                t.group.attrs.update(_attrs(t, cfg, split=split))
+                record_run(t.group, device=device, batch=batch, dist=dist)
         dist.barrier()
         mine = deal([store.done_shards(t.group) for t in targets], dist)
         shards.start(mine)

@@ -293,3 +293,18 @@ def test_views_with_torchrun_two_processes_equal_one(embed_shards, tmp_path):
     a = np.asarray(open_embeddings(tmp_path / "1.zarr", "vits16_800ep", "val").views[:])
     b = np.asarray(open_embeddings(tmp_path / "2.zarr", "vits16_800ep", "val").views[:])
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_each_run_is_recorded_and_the_first_kept(embed_shards, tiny_encoders, tmp_path):
+    """A group resumed on another machine recorded only the last run's device, batch and versions."""
+    out = tmp_path / "r.zarr"
+    args = [str(embed_shards), "--split", "val", "--encoder", "tiny_a", "--weights", "random",
+            "--out", str(out)]
+    assert main(args + ["--batch-size", "4"]) == 0
+    from embed.store import open_group
+
+    open_group(out, "tiny_a", "val", mode="a")["shards_done"][1] = False  # a shard to do again
+    assert main(args + ["--batch-size", "2"]) == 0
+    a = open_embeddings(out, "tiny_a", "val").attrs
+    assert a["batch_size"] == 4 and [r["batch_size"] for r in a["runs"]] == [4, 2]
+    assert [r["shards_done_before"] for r in a["runs"]] == [0, 4] and a["skipped_files"] == 0
