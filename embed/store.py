@@ -4,33 +4,45 @@
     STORE/<encoder>/<split>/views        float32 [N, K, D], K augmented views (with --views K)
     STORE/<encoder>/<split>/labels       int32 [N] (multi-label splits: int8 multi-hot [N, C])
     STORE/<encoder>/<split>/paths        str [N], source path relative to the split folder
+                                         (absent for imports without filepaths)
+    STORE/<encoder>/<split>/digests      int64 [S, 4], per shard a crc32 of its embeddings, views,
+                                         labels and paths with the shard's place (-1: no such array)
     STORE/<encoder>/<split>/shards_done  bool [S], one chunk per shard: set once its rows are written
     attributes: encoder, architecture, kind, weights and sha256, preprocessing, precision,
-                device, batch size, versions, shards manifest sha256, identity, complete
+                device, batch size, versions, runs, shards manifest sha256, identity, layout, complete
 
 Row chunks are aligned with shards, so processes that own different shards never share a
-chunk, and `shards_done` has one chunk per shard for the same reason. Every chunk ends in a
-crc32c checksum, so a flipped byte fails on read instead of shifting a value. A shard's rows,
-labels and paths are written (after a check that every row is finite) before it is marked
-done; rows of a shard not marked done are never read. A group is created under a temporary
-name and renamed into place, so it exists whole or not at all; one process writes it at a
+chunk, and `shards_done` and `digests` have one chunk per shard for the same reason. Every chunk
+ends in a crc32c checksum, so a flipped byte fails on read instead of shifting a value; each
+shard's digest covers its data together with its shard number and first row, so a chunk moved to
+another place, or replaced by another valid chunk, fails too. A shard's rows are cast to the
+stored dtype and checked (finite, and below MAX_ABS, whose square float32 still holds) before its
+rows, labels, paths and digest are written, and it is marked done last; rows of a shard not
+marked done are never read. A group is created whole under a temporary name (with its rows, for
+an import) and swapped into place, so it exists whole or not at all; one process writes it at a
 time (`writer_lock`).
 
-The next stage reads a store only through `open_embeddings`:
+The next stage reads a store only through `open_embeddings`; whole reads are checked against
+the digests, a chunk that fails to decode is a StoreError naming it:
 
     from embed.store import open_embeddings
     e = open_embeddings("out/embeddings.zarr", "vits16_800ep", "val")
-    e.embeddings[:1000]   # zarr array, read in slices;  e.labels  [N] int32
-    for start, block in e.row_blocks(): ...   # [b, D] float32, checked finite
+    e.embeddings[:1000]   # zarr array, read in slices, unchecked;  e.labels  [N] int32 (checked)
+    for start, block in e.row_blocks(): ...   # [b, D] float32, checked
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import shutil
+import struct
+import zlib
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -44,6 +56,8 @@ if TYPE_CHECKING:  # zarr is imported where a store is opened, so command lines 
 
 DTYPES = ("float32", "float16")
 LOCKS, TMP = ".locks", ".tmp"  # beside the groups, never inside one
+DIGESTED = ("embeddings", "views", "labels", "paths")  # the columns of `digests`
+MAX_ABS = 1e18  # rows at or above it are refused: their squares overflow float32 (norms, kNN)
 
 
 class StoreError(UserError):
@@ -61,6 +75,7 @@ class Layout:
     dtype: str = "float32"
     views: int = 0  # K augmented views per sample (0: no views array)
     label_columns: int = 0  # C for multi-hot labels [N, C]; 0: class indices [N]
+    paths: bool = True  # whether the group holds source paths
 
 
 def _codecs() -> dict:
@@ -69,10 +84,22 @@ def _codecs() -> dict:
     return {"compressors": (ZstdCodec(), Crc32cCodec())}  # crc32c of the compressed bytes
 
 
+def _damaged(where: str, e: Exception) -> StoreError:
+    first = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+    return StoreError(f"{where}: damaged ({type(e).__name__}: {first}); check the store with python -m "
+                      "embed.verify STORE, and --repair it or rebuild the group")
+
+
 def _open_root(store: Path | str, mode: str) -> zarr.Group:
     import zarr
 
-    return zarr.open_group(str(store), mode=mode, zarr_format=3)
+    # every written chunk is stored, even one equal to the fill value (a shard of empty paths), so
+    # a missing chunk always means one never written; zarr keeps this per process, not per array
+    zarr.config.set({"array.write_empty_chunks": True})
+    try:
+        return zarr.open_group(str(store), mode=mode, zarr_format=3)
+    except ValueError as e:  # a garbled zarr.json: JSON, or metadata zarr cannot read
+        raise _damaged(f"{store}/zarr.json", e) from None
 
 
 def _named(encoder: str, split: str) -> tuple[str, str]:
@@ -88,7 +115,7 @@ def writer_lock(store: Path | str, encoder: str, split: str) -> AbstractContextM
     return exclusive(folder / f"{encoder}--{split}.lock", f"{store}: {encoder}/{split}")
 
 
-def _build(path: Path, layout: Layout, attrs: dict) -> None:
+def _build(path: Path, layout: Layout, attrs: dict) -> zarr.Group:
     """Every array of a new group at `path`, nothing written or done yet."""
     g = _open_root(path, "w")
     n, k, d = layout.num_samples, max(1, layout.samples_per_shard), layout.dim
@@ -100,35 +127,70 @@ def _build(path: Path, layout: Layout, attrs: dict) -> None:
     c = layout.label_columns
     g.create_array("labels", shape=(n, c) if c else (n,), chunks=(k, c) if c else (k,),
                    dtype="int8" if c else "int32", fill_value=-1, **_codecs())
-    g.create_array("paths", shape=(n,), chunks=(k,), dtype=str, **_codecs())
+    if layout.paths:
+        g.create_array("paths", shape=(n,), chunks=(k,), dtype=str, **_codecs())
+    g.create_array("digests", shape=(layout.num_shards, len(DIGESTED)), chunks=(1, len(DIGESTED)),
+                   dtype="int64", fill_value=-1, **_codecs())
     g.create_array("shards_done", shape=(layout.num_shards,), chunks=(1,), dtype=bool,
                    fill_value=False, **_codecs())
-    g.attrs.update(attrs | {"complete": False})
+    g.attrs.update(attrs | {"complete": False, "layout": asdict(layout)})
+    return g
 
 
-def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout, attrs: dict,
-                 overwrite: bool = False) -> zarr.Group:
-    """Create group (encoder, split) atomically: built under STORE/.tmp, then renamed into place.
-    An existing group is an error unless `overwrite`, which replaces it whole. Call it holding
-    `writer_lock`."""
-    _named(encoder, split)
-    root = _open_root(store, "a")
-    root.require_group(encoder)
-    final = Path(store) / encoder / split
-    if final.exists() and not overwrite:
-        raise StoreError(f"{store}: {encoder}/{split} already exists; pass --overwrite to replace it")
-    tmp = Path(store) / TMP / f"{encoder}--{split}--{os.getpid()}"
-    for stale in tmp.parent.glob(f"{encoder}--{split}--*"):  # left by a killed creator
-        shutil.rmtree(stale)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    _build(tmp, layout, attrs)
-    if final.exists():
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where it is not there."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        at_cwd, exchange = -100, 2
+        return libc.renameat2(at_cwd, os.fsencode(a), at_cwd, os.fsencode(b), exchange) == 0
+    except (AttributeError, OSError):
+        return False
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Put the group built at `tmp` in place of `final` (absent, or replaced whole)."""
+    if not final.exists():
+        os.rename(tmp, final)
+    elif _exchange(tmp, final):
+        shutil.rmtree(tmp)  # now the old group
+    else:  # two renames; a kill between them leaves `--replaced`, put back by the next create
         old = tmp.with_name(tmp.name + "--replaced")
         os.rename(final, old)
         os.rename(tmp, final)
         shutil.rmtree(old)
-    else:
-        os.rename(tmp, final)
+
+
+def _clean_stale(tmp_dir: Path, encoder: str, split: str, final: Path) -> None:
+    """Remove what killed creators left in STORE/.tmp; a group caught between two renames goes back."""
+    for stale in sorted(tmp_dir.glob(f"{encoder}--{split}--*")):
+        if stale.name.endswith("--replaced") and not final.exists():
+            os.rename(stale, final)
+        else:
+            shutil.rmtree(stale)
+
+
+def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout, attrs: dict,
+                 overwrite: bool = False, fill: Callable[[zarr.Group], None] | None = None) -> zarr.Group:
+    """Create group (encoder, split) atomically: built under STORE/.tmp, `fill(group)` writing its
+    rows there (for an import), then swapped into place. An existing group is an error unless
+    `overwrite`, which replaces it whole. Call it holding `writer_lock`."""
+    _named(encoder, split)
+    root = _open_root(store, "a")
+    root.require_group(encoder)
+    final = Path(store) / encoder / split
+    tmp = Path(store) / TMP / f"{encoder}--{split}--{os.getpid()}"
+    _clean_stale(tmp.parent, encoder, split, final)
+    if final.exists() and not overwrite:
+        if not (final / "zarr.json").is_file():
+            raise StoreError(f"{final}: its zarr.json is missing, so what made its rows is unknown; remove "
+                             "the folder and run again")
+        raise StoreError(f"{store}: {encoder}/{split} already exists; pass --overwrite to replace it")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with naming(tmp):
+        g = _build(tmp, layout, attrs)
+        if fill is not None:
+            fill(g)
+        _publish(tmp, final)
     return open_group(store, encoder, split, mode="a")
 
 
@@ -137,7 +199,11 @@ def open_group(store: Path | str, encoder: str, split: str, *, mode: str = "r") 
     _named(encoder, split)
     if not (Path(store) / encoder / split / "zarr.json").is_file():
         return None
-    return _open_root(store, mode)[f"{encoder}/{split}"]
+    root = _open_root(store, mode)
+    try:
+        return root[f"{encoder}/{split}"]
+    except (ValueError, KeyError) as e:
+        raise _damaged(f"{store}/{encoder}/{split}/zarr.json", e) from None
 
 
 def is_whole(group: zarr.Group) -> bool:
@@ -151,33 +217,59 @@ def identity_mismatch(group: zarr.Group, identity: dict) -> list[str]:
     return [f"{k}: {old.get(k)!r} != {v!r}" for k, v in identity.items() if old.get(k) != v]
 
 
+def read(group: zarr.Group, name: str, selection=slice(None)) -> np.ndarray:
+    """group[name][selection] as numpy; a chunk that fails to decode is a StoreError naming it."""
+    try:
+        return np.asarray(group[name][selection])
+    except ValueError as e:  # the codecs' own errors: checksum, zstd, truncated
+        raise _damaged(f"{group.store_path}/{name}", e) from None
+
+
 def done_shards(group: zarr.Group) -> np.ndarray:
     """[S] bool: which shards have all their rows written."""
-    return np.asarray(group["shards_done"][:])
+    return read(group, "shards_done")
 
 
-def _not_finite(rows: np.ndarray) -> np.ndarray:
-    """Row positions [m] with a NaN or Inf anywhere in the row (rows [n, ...])."""
-    return np.flatnonzero(~np.isfinite(rows.reshape(len(rows), -1)).all(1))
+def unfit(rows: np.ndarray) -> np.ndarray:
+    """Row positions [m] with a NaN, an Inf, or a value of magnitude MAX_ABS or more (rows [n, ...])."""
+    flat = rows.reshape(len(rows), -1)
+    with np.errstate(invalid="ignore"):
+        return np.flatnonzero(~(np.abs(flat) < MAX_ABS).all(1))
+
+
+def digest(name: str, shard: int, start: int, data) -> int:
+    """crc32 of one shard's `name` data (an array as stored, or the paths) with its place."""
+    crc = zlib.crc32(struct.pack("<qq", shard, start) + name.encode())
+    if name == "paths":
+        return zlib.crc32("\0".join(data).encode("utf-8"), crc)
+    return zlib.crc32(np.ascontiguousarray(data).tobytes(), crc)
 
 
 def write_shard(group: zarr.Group, shard: int, start: int, *, rows: np.ndarray, labels: np.ndarray,
-                paths: list[str], views: np.ndarray | None = None) -> None:
-    """Write a whole shard's rows [n, D], labels, paths (and views [n, K, D]), then mark it done.
-    Rows that are not finite are refused, naming their samples; nothing of the shard is written."""
-    bad = _not_finite(rows) if views is None else np.union1d(_not_finite(rows), _not_finite(views))
+                paths: list[str] | None, views: np.ndarray | None = None) -> None:
+    """Write a whole shard's rows [n, D], labels, paths (and views [n, K, D]) and their digest, then
+    mark it done. Rows are cast to the stored dtype first; rows that are then not finite, or too
+    large, are refused naming their samples, and nothing of the shard is written."""
+    rows = rows.astype(group["embeddings"].dtype)
+    views = views.astype(group["views"].dtype) if views is not None else None
+    bad = unfit(rows) if views is None else np.union1d(unfit(rows), unfit(views))
     if len(bad):
-        named = ", ".join(f"sample {start + int(j)} ({paths[int(j)]})" for j in bad[:5])
+        named = ", ".join(f"sample {start + int(j)}" + (f" ({paths[int(j)]})" if paths else "")
+                          for j in bad[:5])
         more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-        raise StoreError(f"{group.path}: shard {shard}: {len(bad)} of {len(rows)} rows are not finite "
-                         f"(NaN or Inf): {named}{more}; the shard is not marked done")
+        raise StoreError(f"{group.path}: shard {shard}: {len(bad)} of {len(rows)} rows are not finite (NaN, "
+                         f"Inf) or too large (|x| >= {MAX_ABS:g}, whose square overflows float32) as "
+                         f"{rows.dtype}: {named}{more}; the shard is not marked done")
+    labels = np.asarray(labels).astype(group["labels"].dtype)
+    data = {"embeddings": rows, "views": views, "labels": labels,
+            "paths": list(paths) if paths is not None and "paths" in group else None}
     end = start + len(rows)
     with naming(group.store_path):
-        group["embeddings"][start:end] = rows.astype(group["embeddings"].dtype)
-        if views is not None:
-            group["views"][start:end] = views.astype(group["views"].dtype)
-        group["labels"][start:end] = labels
-        group["paths"][start:end] = np.asarray(paths, dtype=str)
+        for name, value in data.items():
+            if value is not None:
+                group[name][start:end] = np.asarray(value, dtype=str) if name == "paths" else value
+        group["digests"][shard] = [digest(n, shard, start, v) if v is not None else -1
+                                   for n, v in data.items()]
         group["shards_done"][shard] = True
 
 
@@ -189,14 +281,42 @@ def mark_complete_if_done(group: zarr.Group) -> bool:
     return complete
 
 
+def shape_problem(group: zarr.Group) -> str | None:
+    """How the arrays' shapes disagree with the layout the group was created with, or None."""
+    layout = group.attrs.get("layout")
+    if layout is None:  # made by an older version
+        return None
+    n, s = layout["num_samples"], layout["num_shards"]
+    c = layout["label_columns"]
+    want = {"embeddings": (n, layout["dim"]), "labels": (n, c) if c else (n,), "shards_done": (s,),
+            "digests": (s, len(DIGESTED))}
+    if layout.get("paths", True):
+        want["paths"] = (n,)
+    if layout["views"]:
+        want["views"] = (n, layout["views"], layout["dim"])
+    for name, shape in want.items():
+        got = tuple(group[name].shape) if name in group else None
+        if got != shape:
+            return f"{name} has shape {got}, its layout says {shape}"
+    return None
+
+
 @dataclass
 class EmbeddingSet:
-    """A complete (encoder, split) group opened for reading. Reads through `row_blocks` and
-    `rows` are checked: a non-finite row anywhere is a StoreError naming how many there are."""
+    """A complete (encoder, split) group opened for reading. Whole reads are checked: a row that is
+    not finite (or too large), or a shard whose data is not what was written there, is a
+    StoreError naming the group."""
 
     group: zarr.Group
     encoder: str
     split: str
+    _digests: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if (problem := shape_problem(self.group)) is not None:
+            raise StoreError(f"{self.encoder}/{self.split}: {problem}; the group's metadata was edited or "
+                             "damaged: rebuild the group")
+        self._digests = read(self.group, "digests") if "digests" in self.group else None
 
     @property
     def embeddings(self) -> zarr.Array:
@@ -208,15 +328,22 @@ class EmbeddingSet:
         """[N, K, D] embeddings of K augmented views (stores made with --views K), else None."""
         return self.group["views"] if "views" in self.group else None
 
-    @property
+    @cached_property
     def labels(self) -> np.ndarray:
-        """[N] int32 class indices, or [N, C] int8 multi-hot for a multi-label split."""
-        return np.asarray(self.group["labels"][:])
+        """[N] int32 class indices, or [N, C] int8 multi-hot for a multi-label split (read once, checked)."""
+        labels = read(self.group, "labels")
+        self.check("labels", 0, labels)
+        return labels
 
-    @property
-    def paths(self) -> list[str]:
-        """[N] source paths relative to the split folder."""
-        return [str(p) for p in self.group["paths"][:]]
+    @cached_property
+    def paths(self) -> list[str] | None:
+        """[N] source paths relative to the split folder (read once, checked); None for a group
+        imported without them."""
+        if "paths" not in self.group:
+            return None
+        paths = [str(p) for p in read(self.group, "paths")]
+        self.check("paths", 0, paths)
+        return paths
 
     @property
     def attrs(self) -> dict:
@@ -231,58 +358,94 @@ class EmbeddingSet:
     def shape(self) -> tuple[int, int]:
         return tuple(self.embeddings.shape)
 
-    def _blocks(self, array: zarr.Array, rows: int):
+    def check(self, name: str, start: int, data) -> None:
+        """The shards wholly inside data (array `name` from row `start`) hold what was written there."""
+        if self._digests is None:  # a group of an older version: no digests to check
+            return
+        k, n, column = self.embeddings.chunks[0], self.shape[0], DIGESTED.index(name)
+        for s in range(-(-start // k), -(-min(n, start + len(data)) // k)):
+            lo, hi = s * k, min(n, (s + 1) * k)
+            if hi > start + len(data):
+                break
+            if digest(name, s, lo, data[lo - start : hi - start]) != self._digests[s, column]:
+                raise StoreError(f"{self.encoder}/{self.split}: shard {s}'s {name} are not what was written "
+                                 "there (a chunk moved, replaced or edited); check the store with python -m "
+                                 "embed.verify STORE, and --repair it or rebuild the group")
+
+    def _blocks(self, rows: int):
+        array = self.embeddings
         n, chunk = array.shape[0], array.chunks[0]
         step = max(1, rows // chunk) * chunk
         for start in range(0, n, step):
-            yield start, np.asarray(array[start : start + step], dtype=np.float32)
+            block = read(self.group, "embeddings", slice(start, start + step))
+            self.check("embeddings", start, block)
+            yield start, block.astype(np.float32, copy=False)
 
     def row_blocks(self, rows: int = 65536):
-        """(start, block [b, D] float32) over the whole array, in chunk-aligned blocks."""
-        for start, block in self._blocks(self.embeddings, rows):
-            if len(_not_finite(block)):
-                self.refuse_non_finite()
+        """(start, block [b, D] float32) over the whole array, in chunk-aligned blocks, checked."""
+        for start, block in self._blocks(rows):
+            if len(unfit(block)):
+                self.refuse_unfit()
             yield start, block
 
     def rows(self, indices: np.ndarray) -> np.ndarray:
-        """Rows [len(indices), D] float32 in the order given, read as one sorted selection."""
+        """Rows [len(indices), D] float32 in the order given, read as one sorted selection (their
+        finiteness checked; their digests are checked by a whole read, as every probe makes one)."""
         unique, inverse = np.unique(indices, return_inverse=True)
-        x = np.asarray(self.embeddings.get_orthogonal_selection((unique, slice(None))), dtype=np.float32)
-        if len(_not_finite(x)):
-            self.refuse_non_finite()
+        try:
+            x = np.asarray(self.embeddings.get_orthogonal_selection((unique, slice(None))), dtype=np.float32)
+        except ValueError as e:
+            raise _damaged(f"{self.group.store_path}/embeddings", e) from None
+        if len(unfit(x)):
+            self.refuse_unfit()
         return x[inverse]
 
-    def count_non_finite(self) -> int:
-        """How many rows hold a NaN or Inf (one pass over the array)."""
-        return sum(len(_not_finite(b)) for _, b in self._blocks(self.embeddings, 65536))
+    def count_unfit(self) -> int:
+        """How many rows hold a NaN, an Inf or a value of MAX_ABS or more (one pass over the array)."""
+        return sum(len(unfit(b)) for _, b in self._blocks(65536))
 
     def require_finite(self) -> None:
-        """One pass over every row; a StoreError if any is not finite."""
+        """One pass over every row; a StoreError if any is not finite, or a shard not as written."""
         for _ in self.row_blocks():
             pass
 
-    def refuse_non_finite(self) -> None:
-        """Raise the StoreError for a group holding non-finite rows, with their count."""
-        bad = self.count_non_finite()
-        raise StoreError(f"{self.encoder}/{self.split}: {bad} of {self.shape[0]} rows are not finite "
-                         "(NaN or Inf); nothing was computed. Check the store with python -m "
-                         "embed.verify, or rebuild it from finite input")
+    def refuse_unfit(self) -> None:
+        """Raise the StoreError for a group holding non-finite or too large rows, with their count."""
+        bad = self.count_unfit()
+        raise StoreError(f"{self.encoder}/{self.split}: {bad} of {self.shape[0]} rows are not finite (NaN or "
+                         f"Inf) or too large (|x| >= {MAX_ABS:g}); nothing was computed. Check the store "
+                         "with python -m embed.verify, or rebuild it from finite input")
 
 
 def list_groups(store: Path | str) -> list[tuple[str, str]]:
     """(encoder, split) of every whole group in the store (temporary and lock folders aside)."""
+    return [(e, s) for e, s, whole in group_folders(store) if whole]
+
+
+def group_folders(store: Path | str) -> list[tuple[str, str, bool]]:
+    """(encoder, split, whether its zarr.json is there) of every group folder in the store: a
+    folder holding arrays counts, with or without its metadata."""
     root = Path(store)
-    return sorted((e.name, s.name) for e in root.iterdir() if _node(e)
-                  for s in e.iterdir() if _node(s))
+    out = []
+    for e in sorted(root.iterdir()) if root.is_dir() else []:
+        if e.is_dir() and not e.name.startswith("."):
+            for s in sorted(e.iterdir()):
+                meta = (s / "zarr.json").is_file()
+                if s.is_dir() and not s.name.startswith(".") and (meta or (s / "embeddings").is_dir()):
+                    out.append((e.name, s.name, meta))
+    return out
 
 
-def _node(path: Path) -> bool:
-    return path.is_dir() and not path.name.startswith(".") and (path / "zarr.json").is_file()
+def rerun_hint(group: zarr.Group) -> str:
+    """How to finish or rebuild a group: embed again, or import again for an imported one."""
+    if source := group.attrs.get("imported_from"):
+        return f"import it again: python -m embed.from_npy {source} --encoder E --out STORE --overwrite"
+    return "rerun python -m embed to finish it"
 
 
 def open_embeddings(store: Path | str, encoder: str, split: str, *,
                     require_complete: bool = True) -> EmbeddingSet:
-    """The group for (encoder, split); a clear error if it is absent or unfinished."""
+    """The group for (encoder, split); a clear error if it is absent, unfinished or empty."""
     g = open_group(store, encoder, split)
     if g is None:
         have = list_groups(store) if Path(store).is_dir() else []
@@ -291,8 +454,39 @@ def open_embeddings(store: Path | str, encoder: str, split: str, *,
     if require_complete and not g.attrs.get("complete", False):
         done = done_shards(g) if "shards_done" in g else np.zeros(0, bool)
         raise StoreError(f"{store}: {encoder}/{split} is incomplete ({int(done.sum())} of "
-                         f"{len(done)} shards written); rerun python -m embed to finish it")
-    return EmbeddingSet(g, encoder, split)
+                         f"{len(done)} shards written); {rerun_hint(g)}")
+    e = EmbeddingSet(g, encoder, split)
+    if require_complete and e.shape[0] == 0:
+        raise StoreError(f"{store}: {encoder}/{split} has no rows: there is nothing to probe")
+    return e
+
+
+ORDERS = ("index", "seed")  # rows by sample index (ImageFolder order), or as the reference's .npy files
+
+
+def seed_order(n: int) -> np.ndarray:
+    """[n] the reference's row order: its compute_embeddings.py reads a split through MSN's
+    init_data, a DistributedSampler (one replica, shuffle on, seed 0, epoch 0), so its row j is
+    sample torch.randperm(n, generator seeded 0)[j]."""
+    import torch
+
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0)).numpy()
+
+
+def row_order(e: EmbeddingSet, order: str) -> np.ndarray | None:
+    """The sample index of each row for `order`: None for "index" (the store's own order), the
+    reference's permutation for "seed"; a StoreError where the reference could not have made it."""
+    if order == "index":
+        return None
+    if order not in ORDERS:
+        raise StoreError(f"--order {order!r}: one of {', '.join(ORDERS)}")
+    if e.attrs.get("imported_from"):
+        raise StoreError(f"--order seed: {e.encoder}/{e.split} was imported, in whatever order its files "
+                         "held (reference files are in the seed's order already): use --order index")
+    if skipped := e.attrs.get("skipped_files"):
+        raise StoreError(f"--order seed: the shard stage skipped {skipped} files of {e.split} that the "
+                         "reference's ImageFolder lists (and would have stopped on), so its order is another")
+    return seed_order(e.shape[0])
 
 
 def num_shards(num_samples: int, samples_per_shard: int) -> int:

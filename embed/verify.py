@@ -32,14 +32,15 @@ ROW_ARRAYS = ("embeddings", "views", "labels", "paths")
 
 @dataclass(frozen=True)
 class Problem:
-    """One damaged chunk: its shard, its array, and what is wrong, in words."""
+    """One damaged chunk or group: its shard (None: the whole group), its array, what is wrong."""
 
-    shard: int
+    shard: int | None
     array: str
     what: str
 
     def __str__(self) -> str:
-        return f"shard {self.shard}, {self.array}: {self.what}"
+        where = "" if self.shard is None else f"shard {self.shard}, "
+        return f"{where}{self.array}: {self.what}"
 
 
 def _chunk_file(group: zarr.Group, store_path: Path, name: str, *, shard: int) -> Path:
@@ -65,31 +66,57 @@ def _short(e: Exception) -> str:
     return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
 
 
-def _check_chunk(group: zarr.Group, store_path: Path, name: str, *, shard: int, lo: int, hi: int
-                 ) -> Problem | None:
+def _check_chunk(group: zarr.Group, store_path: Path, name: str, *, shard: int, lo: int, hi: int,
+                 want: int | None) -> Problem | None:
+    """One shard's chunk of array `name`: there, decodable, finite, and (`want`: its digest) what
+    was written at this place."""
     if not _chunk_file(group, store_path, name, shard=shard).is_file():
         return Problem(shard, name, "marked done but never written (chunk missing)")
     try:
         block = np.asarray(group[name][lo:hi])
     except Exception as e:  # the codec's own error: checksum, zstd, truncated
         return Problem(shard, name, f"chunk fails to decode ({_short(e)})")
-    if name in ("embeddings", "views"):
-        bad = int((~np.isfinite(block.reshape(len(block), -1)).all(1)).sum())
-        if bad:
-            return Problem(shard, name, f"{bad} of {hi - lo} rows are not finite")
+    if name in ("embeddings", "views") and (bad := len(store.unfit(block))):
+        return Problem(shard, name, f"{bad} of {hi - lo} rows are not finite or too large")
+    data = [str(p) for p in block] if name == "paths" else block
+    if want is not None and store.digest(name, shard, lo, data) != want:
+        return Problem(shard, name, "not what was written there (a chunk moved, replaced, or its shape "
+                                    "edited)")
     return None
+
+
+def _digests(group: zarr.Group) -> tuple[np.ndarray | None, list[Problem]]:
+    if "digests" not in group:
+        log.warning("%s: no digests (made by an older version): where each chunk lies is not checked",
+                    group.path)
+        return None, []
+    try:
+        return store.read(group, "digests"), []
+    except store.StoreError as e:
+        return None, [Problem(None, "digests", str(e))]
 
 
 def check_group(store_path: Path, encoder: str, split: str) -> tuple[list[Problem], int]:
     """(every problem of one group, how many shards are marked done)."""
     group = store.open_group(store_path, encoder, split)
+    if (shape := store.shape_problem(group)) is not None:
+        return [Problem(None, "metadata", f"{shape}: the group's zarr.json was edited or damaged")], 0
     done, problems = _done_flags(group)
+    digests, more = _digests(group)
+    problems += more
     k, n = group["embeddings"].chunks[0], group["embeddings"].shape[0]
     for s in np.flatnonzero(done):
         lo, hi = int(s) * k, min(n, (int(s) + 1) * k)
-        for name in (a for a in ROW_ARRAYS if a in group):
-            if (p := _check_chunk(group, store_path, name, shard=int(s), lo=lo, hi=hi)) is not None:
-                problems.append(p)
+        for column, name in enumerate(store.DIGESTED):
+            if name not in group:
+                continue
+            want = int(digests[s, column]) if digests is not None else None
+            if want == -1:
+                problems.append(Problem(int(s), name, "marked done without a digest"))
+                continue
+            problem = _check_chunk(group, store_path, name, shard=int(s), lo=lo, hi=hi, want=want)
+            if problem is not None:
+                problems.append(problem)
     return problems, int(done.sum())
 
 
@@ -104,35 +131,50 @@ def repair(store_path: Path, encoder: str, split: str, *, problems: list[Problem
     return shards
 
 
-def _groups(path: Path, encoder: str | None, split: str | None) -> list[tuple[str, str]]:
+def _groups(path: Path, encoder: str | None, split: str | None) -> list[tuple[str, str, bool]]:
     if not (path / "zarr.json").is_file():
         raise UserError(f"{path}: not a Zarr store")
-    groups = [(e, s) for e, s in store.list_groups(path)
+    groups = [(e, s, whole) for e, s, whole in store.group_folders(path)
               if encoder in (None, e) and split in (None, s)]
     if not groups:
         raise UserError(f"{path}: no group matches --encoder {encoder} --split {split}")
     return groups
 
 
+def _report(enc: str, spl: str, problems: list[Problem]) -> None:
+    for p in problems[:50]:
+        log.error("%s/%s: %s", enc, spl, p)
+    if len(problems) > 50:
+        log.error("%s/%s: and %d more problems", enc, spl, len(problems) - 50)
+
+
 def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> bool:
     """Check (and with `fix`, repair) the chosen groups; return whether all were sound."""
     sound = True
-    for enc, spl in _groups(path, encoder, split):
-        problems, done = check_group(path, enc, spl)
-        for p in problems[:50]:
-            log.error("%s/%s: %s", enc, spl, p)
-        if len(problems) > 50:
-            log.error("%s/%s: and %d more problems", enc, spl, len(problems) - 50)
+    for enc, spl, whole in _groups(path, encoder, split):
+        if not whole:
+            log.error("%s/%s: zarr.json is missing: the group's metadata (what made its rows) is lost, which "
+                      "--repair cannot restore; remove %s and embed (or import) it again", enc, spl,
+                      path / enc / spl)
+            sound = False
+            continue
+        try:
+            problems, done = check_group(path, enc, spl)
+        except store.StoreError as e:  # a garbled zarr.json
+            log.error("%s", e)
+            sound = False
+            continue
+        _report(enc, spl, problems)
         if not problems:
-            log.info("%s/%s: ok, every chunk of the %d shards marked done read back", enc, spl, done)
+            log.info("%s/%s: ok, every chunk of the %d shards marked done read back as written", enc, spl,
+                     done)
             continue
         sound = False
-        if fix:
-            shards = repair(path, enc, spl, problems=problems)
-            imported = store.open_group(path, enc, spl).attrs.get("imported_from")
-            how = (f"import it again: python -m embed.from_npy {imported} --encoder {enc} --out {path} "
-                   "--overwrite" if imported else "rerun python -m embed to write them again")
-            log.warning("%s/%s: unmarked shards %s; %s", enc, spl, shards, how)
+        if fix and any(p.shard is not None for p in problems):
+            shards = repair(path, enc, spl, problems=[p for p in problems if p.shard is not None])
+            hint = store.rerun_hint(store.open_group(path, enc, spl))
+            log.warning("%s/%s: unmarked shards %s; %s", enc, spl, shards, hint.replace("to finish it", "to "
+                        "write them again"))
     return sound
 
 

@@ -148,7 +148,7 @@ def naming(path: Path | str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is None:
+        if e.filename is None and e.errno is not None:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
 

@@ -54,6 +54,9 @@ def read_subset(path: Path) -> list[str]:
 
 def subset_indices(train: EmbeddingSet, names: list[str], source: Path) -> np.ndarray:
     """Store rows of the listed file names; every name must be there, once."""
+    if train.paths is None:
+        raise UserError(f"{train.encoder}/{train.split} holds no source paths (imported without "
+                        f"filepaths_{train.split}.txt), so subset files cannot name its rows")
     by_name: dict[str, list[int]] = {}
     for i, p in enumerate(train.paths):
         by_name.setdefault(PurePosixPath(p).name, []).append(i)

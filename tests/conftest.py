@@ -256,3 +256,15 @@ def lenient_jpeg(seed: int = 0, w: int = 64, h: int = 48) -> bytes:
     data = jpeg_bytes(w, h, seed=seed)
     at = data.index(b"\xff\xdb")
     return data[:at] + b"\x00\x12" + data[at:]
+
+
+def as_older_version(store_path: Path, encoder: str, split: str):
+    """The group opened for writing with its digests and layout removed, as a version before them
+    made it: tests that damage rows or paths by hand (which the digests would catch first) see the
+    checks behind them."""
+    from embed.store import open_group
+
+    g = open_group(store_path, encoder, split, mode="a")
+    del g["digests"]
+    del g.attrs["layout"]
+    return g

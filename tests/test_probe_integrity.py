@@ -22,7 +22,7 @@ from probe.knn import main as knn_main
 from probe.msn import main as msn_main
 from probe.plot import main as plot_main
 from probe.table import main as table_main
-from tests.conftest import make_store, random_store
+from tests.conftest import as_older_version, make_store, random_store
 
 ROOT = Path(__file__).parents[1]
 FAST = ["--per-class", "1-2", "--seeds", "0-1", "--backend", "sklearn"]
@@ -38,14 +38,15 @@ def damaged(clean, tmp_path):
     """A copy of the clean store with 3 train rows set to NaN and 1 val row to Inf."""
     import shutil
     shutil.copytree(clean, tmp_path / "bad.zarr")
-    g = store.open_group(tmp_path / "bad.zarr", "toy", "train", mode="a")
+    g = as_older_version(tmp_path / "bad.zarr", "toy", "train")
     g["embeddings"][[3, 17, 40]] = np.nan
-    store.open_group(tmp_path / "bad.zarr", "toy", "val", mode="a")["embeddings"][5, 2] = np.inf
+    as_older_version(tmp_path / "bad.zarr", "toy", "val")["embeddings"][5, 2] = np.inf
     return tmp_path / "bad.zarr"
 
 
 def _names(path, n):
     g = store.open_group(path, "toy", "train", mode="a")
+    g.create_array("paths", shape=(n,), chunks=(1000,), dtype=str)
     g["paths"][:] = np.array([f"c{i % 6}/img_{i}.JPEG" for i in range(n)])
 
 
@@ -132,7 +133,8 @@ def test_msn_names_that_match_two_files_are_an_error(clean, tmp_path, caplog):
     import shutil
     shutil.copytree(clean, tmp_path / "m.zarr")
     s = tmp_path / "m.zarr"
-    g = store.open_group(s, "toy", "train", mode="a")
+    g = as_older_version(s, "toy", "train")
+    g.create_array("paths", shape=(48,), chunks=(1000,), dtype=str)
     g["paths"][:] = np.array([f"c{i % 6}/img_{i % 40}.JPEG" for i in range(48)])  # img_0..7 twice
     (tmp_path / "sub.txt").write_text("img_1.JPEG\nimg_20.JPEG\nimg_3.JPEG\n")
     assert msn_main([str(s), "--encoder", "toy", "--subset", str(tmp_path / "sub.txt"),

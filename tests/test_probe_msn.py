@@ -11,13 +11,14 @@ from probe.msn import center_normalize, main, run_subset
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    from embed.store import open_group
-    from tests.conftest import make_store
+    from tests.conftest import as_older_version, make_store
     store = make_store(tmp_path_factory.mktemp("msn"), classes=6, dim=10, train_per_class=20,
                        test_per_class=10, seed=2)
     labels = open_embeddings(store, "toy", "train").labels  # from_npy without filepaths: name rows
     names = np.array([f"c{y}/img_{i}.JPEG" for i, y in enumerate(labels)])
-    open_group(store, "toy", "train", mode="a")["paths"][:] = names
+    g = as_older_version(store, "toy", "train")
+    g.create_array("paths", shape=(len(names),), chunks=(1000,), dtype=str)
+    g["paths"][:] = names
     return store
 
 
