@@ -345,6 +345,8 @@ def run(cfg: Config) -> dict:
     dist, device, precision = _runtime(cfg)
     cfg = dataclasses.replace(cfg, decoder=resolve(cfg.decoder, device, views=cfg.views > 0))
     split = open_split(cfg.shards, cfg.split)
+    if split.num_samples == 0:
+        raise UserError(f"{split.dir}: the split holds no sample (every file was skipped); nothing to embed")
     refuse_changed(split)
     with ExitStack() as locks:
         shards = CheckedShards(split)

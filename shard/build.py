@@ -35,7 +35,7 @@ from msnpipe.pool import result
 from msnpipe.runtime import UserError
 from shard import FORMAT
 from shard.images import REPAIR, RETRY, SKIP, Verdict, jpeg_payload
-from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, read_manifest
+from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, ShardFormatError, open_split, read_manifest
 from shard.scan import Candidate, list_candidates
 from shard.validate import verdicts
 from shard.writer import ShardFile, write_shard
@@ -269,9 +269,19 @@ def _retry_error(name: str, retry: list[tuple[Candidate, Verdict]], *, written: 
 
 
 def _already_complete(name: str, dest: Path, settings: Settings) -> Summary:
-    """The summary of a finished split (refused if it was made with other settings)."""
+    """The summary of a finished split, once its files are checked (a stat and a header of each
+    tar, samples.tsv against the manifest); refused if it was made with other settings."""
     m = read_manifest(dest / MANIFEST)
     _check_settings(m.get("settings"), settings, dest, what="the finished split")
+    try:
+        split = open_split(dest.parent, name)
+        split.label_texts()
+        problems = [p for i in range(len(split.shards)) if (p := split.tar_problem(i)) is not None]
+    except ShardFormatError as e:
+        problems = [str(e)]
+    if problems:
+        raise UserError(f"{dest}: the finished split is damaged ({'; '.join(problems[:2])}); check it with "
+                        f"python -m shard.verify {dest.parent}, then remove {dest} and shard it again")
     log.info("%s: already complete (%s), nothing to do", name, dest / MANIFEST)
     size = sum(s["bytes"] for s in m["shards"])
     return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"], size, 0.0,
@@ -294,6 +304,9 @@ def shard_split(
     work = dest / WORK
     work.mkdir(parents=True, exist_ok=True)
     with exclusive(work / "lock", f"split {dest}"):
+        if (dest / MANIFEST).exists():  # another run finished it while this one took the lock
+            shutil.rmtree(work)
+            return _already_complete(name, dest, settings)
         previous = work / "settings.json"
         old = json.loads(previous.read_text())["settings"] if previous.exists() else None
         _check_settings(old, settings, dest, what="an unfinished run")
@@ -313,14 +326,28 @@ def shard_split(
         files = writer.finish()
         if writer.retry:
             _retry_error(name, writer.retry, written=len(files))
+        if not writer.kept:
+            raise UserError(f"{split_dir}: none of its {len(cands)} files can be kept ({_reasons(seen)}); "
+                            "nothing was sharded")
         manifest = _manifest(name, classes, settings, jobs=writer.jobs, files=files, cands=cands,
                              verdicts=seen)
-        manifest["multilabel"] = listed is not None
-        write_atomic(dest / SAMPLES, _samples_tsv(writer.kept))
+        samples = _samples_tsv(writer.kept)
+        manifest |= {"multilabel": listed is not None, "samples_sha256": hashlib.sha256(samples).hexdigest()}
+        write_atomic(dest / SAMPLES, samples)
         write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-    shutil.rmtree(work)
+        shutil.rmtree(work)  # under the lock: a run waiting for it finds the manifest
     return Summary(name, manifest["num_samples"], len(files), manifest["skipped"],
                    manifest["repaired"], sum(f.bytes for f in files), time.perf_counter() - t0)
+
+
+def _category(reason: str) -> str:
+    """A skip reason's kind: the words before its details ('truncated or corrupt')."""
+    return re.split(r" \(|:", reason, maxsplit=1)[0]
+
+
+def _reasons(verdicts: list[Verdict]) -> str:
+    counted = Counter(_category(v.detail) for v in verdicts if v.status == SKIP)
+    return ", ".join(f"{n} {why}" for why, n in counted.most_common())
 
 
 def report(summaries: Iterable[Summary]) -> str:
@@ -332,7 +359,7 @@ def report(summaries: Iterable[Summary]) -> str:
             f"{s.split}: {s.samples} samples in {s.shards} shards, {len(s.skipped)} skipped, "
             f"{len(s.repaired)} repaired, {s.bytes / 1e6:.1f} MB, {s.seconds:.1f} s{state}"
         )
-        reasons.update(re.split(r" \(|:", k["reason"], maxsplit=1)[0] for k in s.skipped)
+        reasons.update(_category(k["reason"]) for k in s.skipped)
     if reasons:
         counted = ", ".join(f"{n} {why}" for why, n in reasons.most_common())
         lines.append(f"skipped files by reason: {counted} (listed in each manifest.json)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import errno
 import hashlib
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class Split:
     repaired: list[dict] = field(default_factory=list)
     manifest_sha256: str = ""
     multilabel: bool = False
+    samples_sha256: str | None = None  # None: a manifest of an older version, which did not record it
 
     def tar_paths(self) -> list[Path]:
         """Absolute paths of the tars, in shard order."""
@@ -127,15 +129,36 @@ class Split:
 
     @cached_property
     def _rows(self) -> list[list[str]]:
-        """samples.tsv, read and checked once per Split (ImageNet train: 1.28M rows)."""
-        return _read_tsv(self.dir, self.num_samples)
+        """samples.tsv, read and checked once per Split (ImageNet train: 1.28M rows): its sha256
+        against the manifest's, and each sample's class folder against its label."""
+        rows = _read_tsv(self.dir, self.num_samples, self.samples_sha256)
+        if not self.multilabel:
+            _check_folders(self.dir / SAMPLES, rows, self.classes)
+        return rows
 
 
-def _read_tsv(split_dir: Path, num_samples: int) -> list[list[str]]:
+def _check_folders(path: Path, rows: list[list[str]], classes: list[str]) -> None:
+    """Each sample lies in the folder of its class (ImageFolder splits): swapped class names, or an
+    edited label, would name other classes."""
+    for i, (_, label, rel) in enumerate(rows):
+        folder = rel.split("/", 1)[0]
+        c = int(label) if label.isdigit() else -1
+        if not 0 <= c < len(classes) or classes[c] != folder:
+            named = f"class {classes[c]!r}" if 0 <= c < len(classes) else f"not one of {len(classes)} classes"
+            raise ShardFormatError(f"{path}: sample {i} ({rel}) has label {label}, {named}, not its "
+                                   f"folder {folder!r}; the manifest or samples.tsv was edited: shard "
+                                   "the split again")
+
+
+def _read_tsv(split_dir: Path, num_samples: int, sha256: str | None) -> list[list[str]]:
     path = split_dir / SAMPLES
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+        raw = path.read_bytes()
+        if sha256 is not None and hashlib.sha256(raw).hexdigest() != sha256:
+            raise ShardFormatError(f"{path}: changed after the split was made (its sha256 is not the "
+                                   "manifest's); shard the split again")
+        rows = list(csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), delimiter="\t",
+                               quoting=csv.QUOTE_NONE))
     except (OSError, UnicodeDecodeError) as e:
         raise ShardFormatError(f"{path}: cannot be read ({e})") from None
     if not rows or tuple(rows[0]) != SAMPLES_HEADER:
@@ -177,6 +200,9 @@ def open_split(root: Path | str, name: str) -> Split:
         split = _split(split_dir, m, hashlib.sha256(raw).hexdigest())
     except (KeyError, TypeError) as e:
         raise ShardFormatError(f"{path}: not a complete manifest (missing or malformed {e})") from None
+    if split.classes != sorted(set(split.classes)):
+        raise ShardFormatError(f"{path}: its classes are not sorted and distinct, as the shard stage writes "
+                               "them: the manifest was edited; shard the split again")
     counted = sum(s.num_samples for s in split.shards)
     if counted != split.num_samples:
         raise ShardFormatError(f"{path}: num_samples is {split.num_samples} but its shards hold "
@@ -197,6 +223,7 @@ def _split(split_dir: Path, m: dict, sha256: str) -> Split:
         repaired=m["repaired"],
         manifest_sha256=sha256,
         multilabel=m.get("multilabel", False),
+        samples_sha256=m.get("samples_sha256"),
     )
 
 

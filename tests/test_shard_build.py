@@ -347,3 +347,88 @@ def test_a_split_folder_that_is_a_symlink_is_refused(tmp_path, caplog):
     (tmp_path / "elsewhere").mkdir()
     assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "1"]) == 1
     assert "is a symbolic link" in caplog.text and not any((tmp_path / "elsewhere").iterdir())
+
+
+@pytest.fixture
+def finished(tmp_path):
+    make_folder(tmp_path / "src" / "train", ["a", "b", "c"], per_class=4)
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--samples-per-shard", "5",
+                 "--workers", "1"]) == 0
+    return tmp_path / "src", tmp_path / "out"
+
+
+def test_a_label_edited_in_samples_tsv_is_refused_by_every_reader(finished, caplog):
+    """It was stored as given, with exit 0."""
+    from embed.__main__ import main as embed_main
+    from shard.reader import ShardFormatError
+
+    _, out = finished
+    tsv = out / "train" / "samples.tsv"
+    tsv.write_text(tsv.read_text().replace("2\t0\ta/img_002.JPEG", "2\t1\ta/img_002.JPEG"))
+    with pytest.raises(ShardFormatError, match="samples.tsv: changed after the split was made"):
+        open_split(out, "train").labels()
+    assert embed_main([str(out), "--split", "train", "--encoder", "vits16_800ep", "--weights", "random",
+                       "--out", str(out.parent / "s.zarr")]) == 1
+    assert "changed after the split was made" in caplog.text and not (out.parent / "s.zarr").exists()
+
+
+def test_class_names_swapped_in_the_manifest_are_refused(finished, caplog):
+    """They passed shard.verify; the labels would then name other classes."""
+    from shard.verify import main as verify_main
+
+    _, out = finished
+    path = out / "train" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["classes"] = ["b", "a", "c"]
+    path.write_text(json.dumps(m))
+    assert verify_main([str(out)]) == 1
+    assert "classes are not sorted" in caplog.text
+    m["classes"] = ["a", "b", "c"][::1]
+    m["classes"][0], m["classes"][1] = "a", "a2"  # sorted, yet not the folders the samples came from
+    path.write_text(json.dumps(m))
+    caplog.clear()
+    assert verify_main([str(out)]) == 1
+    assert "sample 4 (b/img_000.JPEG) has label 1, class 'a2', not its folder 'b'" in caplog.text
+
+
+def test_a_rerun_over_a_damaged_split_refuses_it(finished, caplog):
+    """It said 'already complete'."""
+    src, out = finished
+    tar = out / "train" / "train-000001.tar"
+    tar.write_bytes(tar.read_bytes()[:-1024])
+    assert main([str(src), str(out), "--samples-per-shard", "5", "--workers", "1"]) == 1
+    assert "is damaged" in caplog.text and "bytes, the manifest says" in caplog.text
+
+
+def test_a_split_with_no_image_that_can_be_kept_is_refused(tmp_path, caplog):
+    """It was accepted as complete; probe and knn then crashed."""
+    for cls in ("a", "b"):
+        write(tmp_path / "src" / "train" / cls / "x.JPEG", b"not an image at all\n")
+    assert main([str(tmp_path / "src"), str(tmp_path / "out"), "--workers", "1"]) == 1
+    assert "none of its 2 files can be kept" in caplog.text and "not an image" in caplog.text
+    assert not (tmp_path / "out" / "train" / "manifest.json").exists()
+
+
+def test_the_manifest_is_checked_again_under_the_lock(finished, monkeypatch):
+    """Two runs that both saw no manifest: the one that takes the lock second finds the first's
+    manifest and does nothing (it once redid the split, and removed .work after the lock)."""
+    import shard.build
+
+    src, out = finished
+    before = outputs(out / "train")
+    written = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.tar")}
+    manifest = out / "train" / "manifest.json"
+    saved = manifest.read_bytes()
+    real = shard.build.exclusive
+
+    @__import__("contextlib").contextmanager
+    def lock_then_the_other_run_finishes(path, what):
+        with real(path, what):
+            manifest.write_bytes(saved)  # the first run finished while this one waited for its lock
+            yield
+
+    manifest.unlink()
+    monkeypatch.setattr(shard.build, "exclusive", lock_then_the_other_run_finishes)
+    assert main([str(src), str(out), "--samples-per-shard", "5", "--workers", "1"]) == 0
+    assert outputs(out / "train") == before and not (out / "train" / ".work").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.tar")} == written  # not redone
