@@ -23,7 +23,7 @@ from pathlib import Path
 
 from msnpipe.files import writable_dir
 from msnpipe.runtime import UserError, command, pick_device
-from probe.args import float_list, int_list
+from probe.args import at_least, float_list, int_list, positive_float
 from probe.backends import BACKENDS, SOLVER_DTYPES, recorded_dtype, resolve
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
@@ -44,8 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--per-class", type=int_list, default=tuple(range(1, 11)), help="default 1-10")
     p.add_argument("--seeds", type=int_list, default=tuple(range(20)), help="default 0-19")
     p.add_argument("--C", type=float_list, default=(1.0,), help="inverse L2 weight(s), default 1")
-    p.add_argument("--max-iter", type=int, default=1000)
-    p.add_argument("--tol", type=float, default=1e-4,
+    p.add_argument("--max-iter", type=at_least(1), default=1000)
+    p.add_argument("--tol", type=positive_float, default=1e-4,
                    help="stop when max |gradient| <= TOL (default 1e-4, scikit-learn's)")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: torch on a GPU, else numpy (see README for the measurements)")
@@ -53,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
                    help="the precision solved in (auto: float64 for torch, where float32 misses parity; "
                         "the rows' own, float32, for the others, as scikit-learn)")
-    p.add_argument("--jobs", type=int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--jobs", type=at_least(1), default=len(os.sched_getaffinity(0)),
                    help="CPU fits at once (sklearn, numpy), one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",
                    help="multi-hot labels: one-vs-rest fits on the whole train split, mAP (VOC07)")
@@ -62,10 +62,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if 0 in a.per_class:
         p.error("--per-class: counts start at 1")
-    if a.max_iter < 1:
-        p.error("--max-iter: a whole number >= 1")
-    if not a.tol > 0:
-        p.error("--tol: a number > 0")
     return a
 
 

@@ -27,6 +27,7 @@ import io
 import logging
 import sys
 import time
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ import numpy as np
 
 from msnpipe.files import write_atomic
 from msnpipe.runtime import UserError, command, pick_device
-from probe.args import int_list
+from probe.args import at_least, int_list
 from probe.backends import BACKENDS
 from probe.results import ResultFile
 
@@ -83,9 +84,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--C", type=float, default=1.0, help="inverse L2 weight of the head (default 1)")
-    p.add_argument("--max-iter", type=int, default=1000)
-    p.add_argument("--samples", type=int, default=20, help="posterior draws for bald and epig")
-    p.add_argument("--targets", type=int, default=100, help="EPIG's target inputs from the test split")
+    p.add_argument("--max-iter", type=at_least(1), default=1000)
+    p.add_argument("--samples", type=at_least(1), default=20, help="posterior draws for bald and epig")
+    p.add_argument("--targets", type=at_least(1), default=100,
+                   help="EPIG's target inputs from the test split")
     a = p.parse_args(argv)
     a.strategy_list = tuple(s.strip() for s in a.strategies.split(",") if s.strip())
     unknown = sorted(set(a.strategy_list) - set(STRATEGY_NAMES))
@@ -228,10 +230,14 @@ class Selections:
         self.sets: list[np.ndarray] = []
         self.seconds: list[float] = []
         if self.path.exists():
-            with np.load(self.path) as saved:
-                rounds = sorted(int(k[5:]) for k in saved.files if k.startswith("round"))
-                self.sets = [np.searchsorted(pool.rows, saved[f"round{r}"]) for r in rounds]
-                self.seconds = saved["select_seconds"].tolist()
+            try:
+                with np.load(self.path, allow_pickle=False) as saved:
+                    rounds = sorted(int(k[5:]) for k in saved.files if k.startswith("round"))
+                    self.sets = [np.searchsorted(pool.rows, saved[f"round{r}"]) for r in rounds]
+                    self.seconds = saved["select_seconds"].tolist()
+            except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as e:
+                raise UserError(f"{self.path}: not a selections file ({type(e).__name__}: {e}); remove it to "
+                                f"run {strategy}, seed {seed} again") from None
 
     def add(self, positions: np.ndarray, seconds: float) -> None:
         self.sets.append(positions)

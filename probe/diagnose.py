@@ -35,6 +35,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings, open_group
 from msnpipe.runtime import command, pick_device
+from probe.args import at_least
 from probe.data import open_pair
 
 if TYPE_CHECKING:  # torch and the metrics are imported once the command line is parsed
@@ -196,9 +197,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--split", default="val")
     p.add_argument("--train-split", default="train", help="kNN memory")
     p.add_argument("--out", type=Path, default=Path("out/diagnose"))
-    p.add_argument("--max-rows", type=int, default=20000, help="rows sampled for pairwise metrics")
-    p.add_argument("--tsne-classes", type=int, default=20)
-    p.add_argument("--tsne-per-class", type=int, default=50)
+    p.add_argument("--max-rows", type=at_least(2), default=20000, help="rows sampled for pairwise metrics")
+    p.add_argument("--tsne-classes", type=at_least(1), default=20)
+    p.add_argument("--tsne-per-class", type=at_least(1), default=50)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     return p.parse_args(argv)
 

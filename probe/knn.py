@@ -21,6 +21,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError, command, pick_device
+from probe.args import int_list, positive_float
 from probe.data import open_pair
 from probe.results import ResultFile
 
@@ -123,17 +124,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder", required=True)
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="val")
-    p.add_argument("--k", default=",".join(map(str, KS)), help="comma-separated, default 10,20,100,200")
-    p.add_argument("--temperature", type=float, default=TEMPERATURE)
+    p.add_argument("--k", type=int_list, default=KS, help="comma-separated, default 10,20,100,200")
+    p.add_argument("--temperature", type=positive_float, default=TEMPERATURE,
+                   help="of the votes' weights exp(sim / T), default 0.07")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/knn.csv")
     a = p.parse_args(argv)
-    try:
-        a.ks = tuple(int(k) for k in a.k.split(","))
-        if min(a.ks) < 1:
-            raise ValueError
-    except ValueError:
-        p.error(f"--k {a.k!r}: expected whole numbers >= 1 like 10,20,100")
+    a.ks = a.k
+    if 0 in a.ks:
+        p.error("--k: whole numbers >= 1 like 10,20,100")
     return a
 
 

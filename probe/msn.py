@@ -26,6 +26,7 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError, command, few, pick_device
+from probe.args import at_least, positive_float
 from probe.backends import BACKENDS, fit_predict, resolve
 from probe.data import open_pair
 from probe.fewshot import score
@@ -102,8 +103,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--subset", type=Path, required=True, nargs="+", help="one or more subset files")
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="val")
-    p.add_argument("--lambd", type=float, default=LAMBD, help="L2 weight, default 0.00025")
-    p.add_argument("--max-iter", type=int, default=1000)
+    p.add_argument("--lambd", type=positive_float, default=LAMBD, help="L2 weight, default 0.00025")
+    p.add_argument("--max-iter", type=at_least(1), default=1000)
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")

@@ -175,6 +175,20 @@ def _save(fig, out: Path, **kw) -> Path:
     return out
 
 
+def writable_format(path: Path) -> None:
+    """A UserError, before anything is read, when matplotlib cannot write `path`'s format."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = path.suffix.lstrip(".").lower()
+    if ext not in formats:
+        raise UserError(f"{path}: matplotlib cannot write '.{ext}'; give a name ending in one of "
+                        f"{', '.join('.' + f for f in sorted(formats))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m probe.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--best-C", action="store_true", help="best C per label count (C sweeps)")
     a = p.parse_args(argv)
     try:
+        writable_format(a.out)
         missing = [d for d in a.dirs if not d.is_dir()]
         if missing:
             raise UserError(f"{missing[0]}: not a folder")

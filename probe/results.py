@@ -29,22 +29,26 @@ LOCK = ".lock"
 
 @dataclass(frozen=True)
 class Kind:
-    """The format of one result file: its columns, and the columns that key a row."""
+    """The format of one result file: its columns, the columns that key a row, and the columns
+    every row must hold a number in (the others may be empty: n_iter of a backend without one)."""
 
     columns: tuple[str, ...]
     key: tuple[str, ...]
+    numbers: tuple[str, ...] = ()
 
 
 KINDS = {
     "fewshot": Kind(("encoder", "seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C", "backend",
-                     "fit_seconds", "n_iter"), ("encoder", "seed", "n_per_class", "C")),
-    "knn": Kind(("encoder", "k", "temperature", "top1", "top5"), ("encoder", "k")),
+                     "fit_seconds", "n_iter"), ("encoder", "seed", "n_per_class", "C"),
+                    ("seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C")),
+    "knn": Kind(("encoder", "k", "temperature", "top1", "top5"), ("encoder", "k"), ("k", "top1", "top5")),
     "msn": Kind(("encoder", "subset", "images", "lambd", "top1", "backend", "fit_seconds", "n_iter"),
-                ("encoder", "subset")),
+                ("encoder", "subset"), ("images", "lambd", "top1")),
     "multilabel": Kind(("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend",
-                        "fit_seconds"), ("encoder", "C")),
+                        "fit_seconds"), ("encoder", "C"), ("C", "mAP", "voc07_mAP")),
     "active": Kind(("encoder", "strategy", "seed", "round", "n_labels", "test_acc", "test_loglik",
-                    "select_seconds", "fit_seconds"), ("encoder", "strategy", "seed", "round")),
+                    "select_seconds", "fit_seconds"), ("encoder", "strategy", "seed", "round"),
+                   ("seed", "round", "n_labels", "test_acc", "test_loglik")),
 }
 
 
@@ -61,14 +65,37 @@ def _key(row: dict, key: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(str(row[k]) for k in key)
 
 
+def _number(text: str | None) -> bool:
+    try:
+        float(text)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _check_rows(path: Path, rows: list[dict], kind: Kind | None) -> None:
+    """Every row whole (as many fields as the header) and its numbers numbers."""
+    for i, row in enumerate(rows, 2):
+        bad = None in row or None in row.values()
+        bad = bad or (kind is not None and not all(_number(row.get(c)) for c in kind.numbers if c in row))
+        if bad:
+            raise UserError(f"{path}: line {i} is not a row of this file ({list(row.values())[:6]}); it was "
+                            "edited or damaged: remove that line, or the file, and rerun")
+
+
 def read_results(path: Path, key: tuple[str, ...] | None = None) -> list[dict]:
-    """The rows of a result CSV (without a line cut short by a kill); a UserError if two rows
-    share a key (by default, the key of the kind the file name says)."""
-    key = key or KINDS[path.stem].key
-    lines = whole_lines(path)
+    """The rows of a result CSV (without a line cut short by a kill), each checked; a UserError if
+    two rows share a key (by default, the key of the kind the file name says)."""
+    kind = KINDS.get(path.stem)
+    key = key or kind.key
+    try:
+        lines = whole_lines(path)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not a text file ({e}); remove it and rerun") from None
     rows = list(csv.DictReader(lines))
     if rows and not set(key) <= set(rows[0]):
-        raise UserError(f"{path}: expected columns {', '.join(key)}, found {', '.join(rows[0])}")
+        raise UserError(f"{path}: expected columns {', '.join(key)}, found {', '.join(map(str, rows[0]))}")
+    _check_rows(path, rows, kind)
     repeats = [k for k, n in Counter(_key(r, key) for r in rows).items() if n > 1]
     if repeats:
         raise UserError(f"{path}: {len(repeats)} rows repeat ({', '.join(key)}), e.g. {repeats[0]}; two "
@@ -100,7 +127,11 @@ class ResultFile:
         return _key(row, self.key) in self.done
 
     def append(self, row: dict) -> None:
-        """Append one row and flush it (the first row of a new file records its settings first)."""
+        """Append one row and flush it (the first row of a new file records its settings first); a
+        row whose key the file holds already is refused (its means would count it twice)."""
+        if _key(row, self.key) in self.done:
+            raise UserError(f"{self.path}: already holds {_key(row, self.key)} ({', '.join(self.key)}); a "
+                            "result is never written twice")
         if self.record is not None:
             body = json.dumps(_jsonable(self.record), indent=1) + "\n"
             write_atomic(self.path.with_suffix(".json"), body.encode())
@@ -117,7 +148,11 @@ class ResultFile:
 def check_identity(record: Path, rows: Path, identity: dict) -> bool:
     """Refuse rows made with other settings; return whether the result file is new."""
     if record.exists():
-        old = json.loads(record.read_text()).get("identity", {})
+        try:
+            old = json.loads(record.read_text()).get("identity", {})
+        except (ValueError, AttributeError, UnicodeDecodeError) as e:
+            raise UserError(f"{record}: not valid JSON ({e}); it records what made {rows.name}: remove "
+                            "both, or use another --out") from None
         if diff := _differences(old, identity):
             raise UserError(f"{rows} was written with other settings ({'; '.join(diff)}); use another "
                             "--out, or remove it to start over")

@@ -148,16 +148,21 @@ def coreset_picks(state: Round, k: int) -> torch.Tensor:
     """Greedy k-center: k times, the row farthest from every labelled row and every pick (from a
     random row when none is labelled)."""
     x = state.pool
+    picks, sq = [], (x * x).sum(1)  # [N]
+
+    def distance_to(i: int) -> torch.Tensor:  # [N] Euclidean distance of every row to row i
+        return (sq - 2 * (x @ x[i]) + sq[i]).clamp_min(0).sqrt()
+
     if state.labelled.any():
         far = _nearest_distance(x, x[state.labelled])
-    else:  # a cold start: the first center at random
-        far = torch.zeros(len(x), dtype=x.dtype, device=x.device)
-        far[int(torch.randint(len(x), (1,), generator=state.generator))] = 1
-    picks, sq = [], (x * x).sum(1)  # [N]
-    for _ in range(k):
+    else:  # a cold start: the first center at random, the rest farthest from it and each other
+        picks.append(int(torch.randint(len(x), (1,), generator=state.generator)))
+        far = distance_to(picks[0])
+        far[picks[0]] = -1
+    while len(picks) < k:
         i = int(far.masked_fill(state.labelled, -1).argmax())
         picks.append(i)
-        far = torch.minimum(far, (sq - 2 * (x @ x[i]) + sq[i]).clamp_min(0).sqrt())  # distance to row i
+        far = torch.minimum(far, distance_to(i))
         far[i] = -1
     return torch.tensor(picks, device=x.device)
 

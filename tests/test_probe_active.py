@@ -46,6 +46,21 @@ def _state(x, labelled, head=None, targets=None, samples=20, seed=0):
                    samples=samples, classes=3)
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_coreset_from_a_cold_start_is_greedy_k_center_from_a_random_row(seed):
+    """With no labels it picked one random row, then rows 0, 1, 2, ... (its distances started at 0)."""
+    x = np.random.default_rng(2).normal(size=(50, 3))
+    picks = S.coreset_picks(_state(x, [], seed=seed), 5).tolist()
+    g = torch.Generator()
+    g.manual_seed(seed)
+    chosen = [int(torch.randint(len(x), (1,), generator=g))]
+    for _ in range(4):
+        d = np.min(np.linalg.norm(x[:, None] - x[chosen][None], axis=2), axis=1)
+        d[chosen] = -1
+        chosen.append(int(d.argmax()))
+    assert picks == chosen and picks[1:] != [0, 1, 2, 3]
+
+
 def test_coreset_is_greedy_k_center():
     x = np.random.default_rng(1).normal(size=(60, 2))
     picks = S.coreset_picks(_state(x, [0, 5]), 6).tolist()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from embed import store
+from msnpipe.runtime import UserError
 from probe.__main__ import main as probe_main
 from probe.active import main as active_main
 from probe.diagnose import main as diagnose_main
@@ -228,3 +229,90 @@ def test_fit_workers_exit_when_probe_is_killed(tmp_path):
     assert not alive
     with open(csv_path, newline="") as f:
         assert len(list(csv.DictReader(f))) >= 2
+
+
+@pytest.mark.parametrize("command, flags, said", [
+    ("probe", ["--seeds", "0,0"], "0 appears twice"),
+    ("probe", ["--C", "1,1"], "1.0 appears twice"),
+    ("probe", ["--per-class", "1,2,2"], "2 appears twice"),
+    ("probe", ["--C", "inf"], "C must be a finite number > 0"),
+    ("probe", ["--tol", "nan"], "--tol"),
+    ("knn", ["--k", "5,5"], "5 appears twice"),
+    ("knn", ["--temperature", "nan"], "--temperature"),
+    ("knn", ["--temperature", "0"], "--temperature"),
+    ("knn", ["--temperature", "-1"], "--temperature"),
+    ("msn", ["--lambd", "-1"], "--lambd"),
+    ("msn", ["--lambd", "nan"], "--lambd"),
+    ("msn", ["--lambd", "0"], "--lambd"),
+    ("active", ["--samples", "-1"], "--samples"),
+    ("active", ["--targets", "-1"], "--targets"),
+    ("active", ["--seeds", "1,1"], "1 appears twice"),
+    ("diagnose", ["--max-rows", "0"], "--max-rows"),
+    ("diagnose", ["--tsne-classes", "0"], "--tsne-classes"),
+])
+def test_a_value_out_of_range_or_repeated_is_refused_before_anything_is_read(clean, tmp_path, capsys,
+                                                                              command, flags, said):
+    """Repeated seeds, C or k wrote repeated keys with exit 0 (the next read refused them, blaming
+    concurrency); nan, 0 or -1 temperatures and lambdas answered with exit 0; negative counts were
+    tracebacks."""
+    mains = {"probe": probe_main, "knn": knn_main, "msn": msn_main, "active": active_main,
+             "diagnose": diagnose_main}
+    extra = ["--subset", str(tmp_path / "s.txt")] if command == "msn" else []
+    with pytest.raises(SystemExit) as e:
+        mains[command]([str(clean), "--encoder", "toy", "--out", str(tmp_path / "o"), *extra, *flags])
+    assert e.value.code == 2 and said in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_plot_to_a_format_matplotlib_cannot_write_is_one_line(clean, tmp_path, capsys):
+    out = tmp_path / "o"
+    assert probe_main([str(clean), "--encoder", "toy", "--out", str(out), *FAST]) == 0
+    assert plot_main([str(out), "--out", str(tmp_path / "x.unknownext")]) == 1
+    err = capsys.readouterr().err
+    assert "x.unknownext: matplotlib cannot write '.unknownext'" in err and "png" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name, garbage, readers", [
+    ("fewshot.json", b"{garbage", ("probe",)),
+    ("fewshot.csv", b"encoder,seed,n_per_class,C,test_acc\n\x00\x01,\n", ("probe", "table", "plot")),
+    ("fewshot.csv", b"encoder,seed,n_per_class,C,test_acc\ntoy,0,1\n", ("probe", "table", "plot")),
+    ("fewshot.csv", b"encoder,seed,n_per_class,C,test_acc\ntoy,0,1,1,high\n", ("table", "plot")),
+])
+def test_garbage_in_a_result_file_is_one_line_naming_it(clean, tmp_path, caplog, capsys, name, garbage,
+                                                        readers):
+    """Garbage in fewshot.json or fewshot.csv was a traceback in every reader."""
+    out = tmp_path / "o"
+    assert probe_main([str(clean), "--encoder", "toy", "--out", str(out), *FAST]) == 0
+    (out / name).write_bytes(garbage)
+    calls = {"probe": lambda: probe_main([str(clean), "--encoder", "toy", "--out", str(out), *FAST]),
+             "table": lambda: table_main([str(out)]),
+             "plot": lambda: plot_main([str(out), "--out", str(tmp_path / "p.png")])}
+    for reader in readers:
+        caplog.clear()
+        assert calls[reader]() == 1, reader
+        said = caplog.text + capsys.readouterr().err
+        assert f"{out / name}" in said and "Traceback" not in said, (reader, said)
+
+
+def test_garbage_in_active_results_is_one_line_naming_the_file(clean, tmp_path, caplog):
+    out = tmp_path / "a"
+    args = [str(clean), "--encoder", "toy", "--out", str(out), "--seeds", "0", "--strategies", "random",
+            "--backend", "sklearn"]
+    assert active_main(args + ["--rounds", "1"]) == 0
+    npz = out / "active" / "random" / "seed0.npz"
+    npz.write_bytes(b"PK\x03\x04 not a zip at all")
+    assert active_main(args + ["--rounds", "1"]) == 1
+    assert f"{npz}: not a selections file" in caplog.text
+    (out / "active.json").write_text("[1, 2")
+    caplog.clear()
+    assert active_main(args + ["--rounds", "1"]) == 1 and "active.json: not valid JSON" in caplog.text
+
+
+def test_a_result_file_never_takes_a_key_twice(tmp_path):
+    from probe.results import ResultFile
+
+    with ResultFile.open(tmp_path, "knn", {"a": 1}) as results:
+        results.append({"encoder": "e", "k": 5, "temperature": 0.07, "top1": 0.5, "top5": 0.9})
+        with pytest.raises(UserError, match=r"already holds \('e', '5'\)"):
+            results.append({"encoder": "e", "k": 5, "temperature": 0.07, "top1": 0.5, "top5": 0.9})
