@@ -21,6 +21,7 @@ import sys
 import time
 from pathlib import Path
 
+from embed.store import ORDERS, row_order
 from msnpipe.files import writable_dir
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, float_list, int_list, positive_float
@@ -57,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="CPU fits at once (sklearn, numpy), one BLAS thread each (default: all cores)")
     p.add_argument("--multilabel", action="store_true",
                    help="multi-hot labels: one-vs-rest fits on the whole train split, mAP (VOC07)")
+    p.add_argument("--order", choices=ORDERS, default="index",
+                   help="the rows the draws pick by position: index (default: the store's, ImageFolder "
+                        "order) or seed (the reference's own files, so each seed draws the images it drew)")
     p.add_argument("--seed-layout", action="store_true",
                    help="also write the reference's <encoder>/testing_seedNN.csv files")
     a = p.parse_args(argv)
@@ -70,7 +74,8 @@ def identity(a: argparse.Namespace, train, test, *, proto: Protocol) -> dict:
     return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
             "Cs": list(proto.Cs), "max_iter": proto.max_iter, "tol": proto.tol, "backend": proto.backend,
-            "solver_dtype": recorded_dtype(proto.backend, proto.device, proto.solver_dtype)}
+            "solver_dtype": recorded_dtype(proto.backend, proto.device, proto.solver_dtype)} | (
+            {"order": a.order} if a.order != "index" else {})  # folders made before --order resume
 
 
 def run(a: argparse.Namespace) -> int:
@@ -87,7 +92,8 @@ def run(a: argparse.Namespace) -> int:
         return 0
     if train.labels.ndim != 1:
         raise UserError(f"{a.encoder}/{a.train_split} has multi-hot labels: use --multilabel")
-    sampler = ClassSampler(train.labels, train.classes, f"{a.encoder}/{a.train_split}")
+    sampler = ClassSampler(train.labels, train.classes, f"{a.encoder}/{a.train_split}",
+                           order=row_order(train, a.order))
     sampler.check(max(proto.per_class), a.train_split)
     t = time.perf_counter()
     mean, std = mean_std(train)  # [1, D] each; every row checked finite

@@ -131,10 +131,26 @@ class Pool:
     test_labels: object  # torch [T], -1 for a class the pool lacks
     classes: int
     cache: dict = field(default_factory=dict)
+    reference: dict = field(default_factory=dict)  # seed -> n -> store rows of the reference's draw
 
 
-def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
-    """Read the pool (a seeded subsample when larger than pool_max) and the test split."""
+def reference_draws(labels: np.ndarray, seeds: tuple[int, ...], counts: tuple[int, ...]) -> dict:
+    """seed -> n -> store rows of the reference's class-balanced draw of n labels a class over the
+    whole pool split, exactly python -m probe's draw for that seed."""
+    from probe.data import ClassSampler
+    from probe.fewshot import draws
+
+    wanted = tuple(sorted({n for n in counts if n}))
+    if not wanted:
+        return {seed: {} for seed in seeds}
+    sampler = ClassSampler(labels)
+    sampler.check(max(wanted), "the pool split")
+    return {seed: dict(draws(sampler, seed, wanted)) for seed in seeds}
+
+
+def load_pool(train, test, *, pool_max: int, device: str, reference: dict) -> Pool:
+    """Read the pool and the test split: all of the pool split, or when it is larger than pool_max
+    a seeded subsample of it together with the rows of the reference's draws."""
     import torch
 
     from probe.data import load_standardized, mean_std
@@ -142,8 +158,11 @@ def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
     n = train.shape[0]
     rows = np.arange(n)
     if n > pool_max:
-        rows = np.sort(np.random.default_rng(0).choice(n, pool_max, replace=False))
-        log.info("the pool is %d rows: %d of them, drawn with seed 0, are used (--pool-max)", n, pool_max)
+        drawn = [r for by_n in reference.values() for r in by_n.values()]
+        rows = np.union1d(np.random.default_rng(0).choice(n, pool_max, replace=False),
+                          np.concatenate(drawn) if drawn else np.zeros(0, np.int64))
+        log.info("the pool is %d rows: %d of them, drawn with seed 0, are used (--pool-max), with the %d "
+                 "rows of the reference's draws", n, pool_max, len(rows) - pool_max)
     mean, std = mean_std(train)
     raw = train.rows(rows)  # [N, D]
     classes, labels = np.unique(train.labels[rows], return_inverse=True)
@@ -153,7 +172,7 @@ def load_pool(train, test, *, pool_max: int, device: str) -> Pool:
     t = lambda a, dtype=torch.float64: torch.as_tensor(a, device=device, dtype=dtype)  # noqa: E731
     normalised = torch.nn.functional.normalize(t(raw, torch.float32), dim=1)  # geometry: float32 is plenty
     return Pool(rows, t(((raw - mean) / std).astype(np.float32)), normalised, labels,
-                t(test_std.x), t(test_labels, torch.long), len(classes))
+                t(test_std.x), t(test_labels, torch.long), len(classes), reference=reference)
 
 
 def _fit_estimator(plan: Plan, x, y: np.ndarray) -> tuple:
@@ -250,13 +269,10 @@ class Selections:
 
 
 def _balanced(pool: Pool, seed: int, per_class: tuple[int, ...]) -> list[np.ndarray]:
-    """The reference's class-balanced draws for these counts per class (as python -m probe)."""
-    from probe.data import ClassSampler
-    from probe.fewshot import draws
-
-    wanted = tuple(n for n in per_class if n)
-    drawn = dict(draws(ClassSampler(pool.labels), seed, wanted)) if wanted else {}
-    return [drawn[n] if n else np.zeros(0, dtype=np.int64) for n in per_class]
+    """The pool positions of the reference's class-balanced draws for these counts per class (as
+    python -m probe makes them, over the whole split: see reference_draws)."""
+    return [np.searchsorted(pool.rows, pool.reference[seed][n]) if n else np.zeros(0, dtype=np.int64)
+            for n in per_class]
 
 
 def next_set(strategy: str, seed: int, round_: int, *, pool: Pool, plan: Plan, previous: np.ndarray,
@@ -335,13 +351,18 @@ def run(a: argparse.Namespace) -> list[dict]:
     if train.labels.ndim != 1:
         raise UserError(f"{a.encoder}/{a.pool_split} has multi-hot labels; probe.active needs one label "
                         "a row")
-    pool = load_pool(train, test, pool_max=a.pool_max, device=device)
-    budgets = budgets_of(a, pool.classes)
-    if budgets[-1] > len(pool.rows):
-        raise UserError(f"the last budget, {budgets[-1]} labels, exceeds the pool's {len(pool.rows)} rows")
-    if "balanced" in a.strategy_list and any(b % pool.classes for b in budgets):
+    classes = len(np.unique(train.labels))
+    budgets = budgets_of(a, classes)
+    if budgets[-1] > min(train.shape[0], a.pool_max):
+        raise UserError(f"the last budget, {budgets[-1]} labels, exceeds the pool's "
+                        f"{min(train.shape[0], a.pool_max)} rows")
+    balanced = "balanced" in a.strategy_list
+    if balanced and any(b % classes for b in budgets):
         raise UserError(f"--strategies balanced draws n labels per class: every budget must be a multiple of "
-                        f"the {pool.classes} classes ({', '.join(map(str, budgets))})")
+                        f"the {classes} classes ({', '.join(map(str, budgets))})")
+    counts = (a.init, *(b // classes for b in budgets if balanced))
+    pool = load_pool(train, test, pool_max=a.pool_max, device=device,
+                     reference=reference_draws(train.labels, a.seeds, counts))
     plan = Plan(strategies=a.strategy_list, seeds=a.seeds, init=a.init, budgets=budgets, C=a.C,
                 max_iter=a.max_iter, backend=backend, device=device, samples=a.samples, targets=a.targets)
     ident = {"encoder": a.encoder, "pool_split": a.pool_split, "test_split": a.test_split,

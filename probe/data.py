@@ -25,6 +25,12 @@ def open_pair(store, encoder: str, train_split: str, *, test_split: str) -> tupl
         raise UserError(f"{encoder}/{train_split} and {encoder}/{test_split} have different classes: "
                         f"{difference(train_split, a, test_split, b=b)}; shard both splits with one "
                         "class list (python -m shard --classes-from)")
+    if (a is None or b is None) and train.labels.ndim == test.labels.ndim == 1:  # imported: labels only
+        extra = np.setdiff1d(test.labels, train.labels)
+        if len(extra):
+            named = ", ".join(map(str, extra[:5])) + (" ..." if len(extra) > 5 else "")
+            raise UserError(f"{encoder}/{test_split} has labels {encoder}/{train_split} lacks ({named}): no "
+                            f"fit on {train_split} can predict them; import splits labelled alike")
     return train, test
 
 
@@ -73,10 +79,16 @@ class ClassSampler:
     """Class-balanced draws identical to the reference's `sample_n_per_class`.
 
     The reference scans all labels once per class per draw; the index arrays it passes to
-    `rng.choice` are the same as these, built once, so the same rng gives the same draws.
+    `rng.choice` are the same as these, built once, so the same rng gives the same draws. With
+    `order` (the sample index of each row of the reference's files, `embed.store.row_order`), draws
+    are made by position in that order, as the reference picks rows of its own files, and given
+    back as store rows.
     """
 
-    def __init__(self, labels: np.ndarray, class_names: list[str] | None = None, where: str = "train"):
+    def __init__(self, labels: np.ndarray, class_names: list[str] | None = None, where: str = "train",
+                 order: np.ndarray | None = None):
+        self.order = order
+        labels = labels if order is None else labels[order]
         self.classes = np.unique(labels)
         if len(self.classes) < 2:
             raise UserError(f"{where} has a single class ({', '.join(map(str, self.classes)) or 'none'}): "
@@ -99,4 +111,5 @@ class ClassSampler:
     def draw(self, n_per_class: int, rng: np.random.Generator) -> np.ndarray:
         """n per class, then one permutation of the whole draw: the reference's order of calls."""
         parts = [rng.choice(m, size=n_per_class, replace=False) for m in self.members]
-        return rng.permutation(np.concatenate(parts))
+        drawn = rng.permutation(np.concatenate(parts))
+        return drawn if self.order is None else self.order[drawn]

@@ -106,19 +106,26 @@ def _row(encoder: str, t: Task, acc: float, *, loglik: float, backend: str, seco
                                "backend": backend, "fit_seconds": round(seconds, 4), "n_iter": n_iter}
 
 
-def _one_thread() -> None:
-    """Worker initializer: fits run side by side, one BLAS and one OpenMP thread each."""
+_TEST: Standardized | None = None  # in a worker process: the test split, sent once by _worker
+
+
+def _worker(test: Standardized) -> None:
+    """Worker initializer: fits run side by side, one BLAS and one OpenMP thread each; the test
+    split comes once per worker (ImageNet val at D=1024 is 205 MB), not with every fit."""
+    global _TEST
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
+    _TEST = test
 
 
-def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
-    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, test, C, max_iter,
-    tol, solver_dtype)."""
+def _fit_score(task: tuple, test: Standardized | None = None) -> tuple[float, float, float, int | None]:
+    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, C, max_iter, tol,
+    solver_dtype), scored on `test` (in a worker: the one _worker was given)."""
     import warnings
 
-    backend, x, y, test, C, max_iter, tol, dtype = task
+    backend, x, y, C, max_iter, tol, dtype = task
+    test = test if test is not None else _TEST
     t = time.perf_counter()
     with warnings.catch_warnings(), one_blas_thread():
         # one label per class is a few-shot curve's point, not a regression problem
@@ -128,7 +135,7 @@ def _fit_score(task: tuple) -> tuple[float, float, float, int | None]:
     return acc, loglik, time.perf_counter() - t, fit.n_iter
 
 
-def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
+def _fits(train: EmbeddingSet, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
           tasks: list[Task]) -> Iterator[tuple]:
     """The arguments of every fit, a seed's rows read in one sorted selection when reached."""
     for seed in dict.fromkeys(t.seed for t in tasks):
@@ -138,8 +145,7 @@ def _fits(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.
         for t in mine:
             part = slice(offset, offset + len(t.indices))
             offset += len(t.indices)
-            yield (proto.backend, x_all[part], y_all[part], test, t.C, proto.max_iter, proto.tol,
-                   proto.solver_dtype)
+            yield proto.backend, x_all[part], y_all[part], t.C, proto.max_iter, proto.tol, proto.solver_dtype
 
 
 def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
@@ -153,7 +159,7 @@ def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
     return workers if saved > POOL_START_S else 0
 
 
-def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tuple]:
+def _results(proto: Protocol, fits: Iterator[tuple], left: int, *, test: Standardized) -> Iterator[tuple]:
     """The fits' results in order: here, until pool_workers says the rest should go to worker
     processes (the CPU backends: scikit-learn, numpy)."""
     spent, pool = 0.0, None
@@ -161,12 +167,12 @@ def _results(proto: Protocol, fits: Iterator[tuple], left: int) -> Iterator[tupl
         for i, task in enumerate(fits):
             workers = pool_workers(spent=spent, done=i, left=left - i, jobs=proto.jobs)
             if proto.backend in POOLED_BACKENDS and workers:
-                pool = worker_pool(workers, _one_thread)
+                pool = worker_pool(workers, _worker, (test,))
                 log.info("fits take %.2f s each: the %d left go to %d processes", spent / i, left - i,
                          workers)
                 yield from ordered_map(pool, _fit_score, itertools.chain([task], fits))
                 return
-            result = _fit_score(task)
+            result = _fit_score(task, test)
             spent += result[2]
             yield result
     finally:
@@ -179,7 +185,7 @@ def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, st
                 results: ResultFile, tasks: list[Task]) -> list[dict]:
     """scikit-learn, numpy or cuML: one fit at a time (or `jobs` at once, when that pays), rows in order."""
     rows = []
-    fits = _results(proto, _fits(train, test, mean, std=std, proto=proto, tasks=tasks), len(tasks))
+    fits = _results(proto, _fits(train, mean, std=std, proto=proto, tasks=tasks), len(tasks), test=test)
     for i, (t, (acc, loglik, secs, n_iter)) in enumerate(zip(tasks, fits)):
         rows.append(_row(train.encoder, t, acc, loglik=loglik, backend=proto.backend, seconds=secs,
                          n_iter=n_iter))

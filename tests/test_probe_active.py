@@ -221,12 +221,16 @@ def test_a_cold_start_refuses_strategies_that_need_a_model(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("backend", ["sklearn", "numpy"])
-def test_balanced_is_the_few_shot_curve(tmp_path, backend):
+@pytest.mark.parametrize("pool_max", ["100000", "30"])
+def test_balanced_is_the_few_shot_curve(tmp_path, backend, pool_max):
+    """Also when the train split is larger than --pool-max (ImageNet's 1.28M rows against 100,000):
+    the reference's draws come from the whole split, as python -m probe makes them, not from the
+    subsample that pool-sized work uses."""
     from probe.__main__ import main as probe_main
     store = _store(tmp_path, classes=5, per_class=20, dim=6, spread=1.5)
     assert active_main([str(store), "--encoder", "syn", "--out", str(tmp_path / "a"), "--strategies",
                         "balanced", "--init", "1", "--rounds", "3", "--seeds", "0-2",
-                        "--backend", backend]) == 0
+                        "--backend", backend, "--pool-max", pool_max]) == 0
     assert probe_main([str(store), "--encoder", "syn", "--out", str(tmp_path / "p"), "--per-class", "1-4",
                        "--seeds", "0-2", "--backend", backend, "--jobs", "1"]) == 0
     with open(tmp_path / "p" / "fewshot.csv", newline="") as f:

@@ -316,3 +316,17 @@ def test_a_result_file_never_takes_a_key_twice(tmp_path):
         results.append({"encoder": "e", "k": 5, "temperature": 0.07, "top1": 0.5, "top5": 0.9})
         with pytest.raises(UserError, match=r"already holds \('e', '5'\)"):
             results.append({"encoder": "e", "k": 5, "temperature": 0.07, "top1": 0.5, "top5": 0.9})
+
+
+def test_imported_splits_whose_test_labels_train_lacks_are_refused(tmp_path, caplog):
+    """Shards catch a val class train lacks; imported stores (no class lists) did not."""
+    from embed.from_npy import main as from_npy_main
+
+    rng = np.random.default_rng(0)
+    for split, labels in (("train", np.arange(40) % 4), ("val", np.arange(20) % 6)):
+        np.save(tmp_path / f"embeddings_i_{split}.npy", rng.normal(size=(len(labels), 3)).astype(np.float32))
+        np.save(tmp_path / f"labels_{split}.npy", labels)
+    assert from_npy_main([str(tmp_path), "--encoder", "i", "--out", str(tmp_path / "s.zarr")]) == 0
+    assert probe_main([str(tmp_path / "s.zarr"), "--encoder", "i", "--out", str(tmp_path / "o"), *FAST]) == 1
+    assert "i/val has labels i/train lacks (4, 5)" in caplog.text
+    assert knn_main([str(tmp_path / "s.zarr"), "--encoder", "i", "--k", "3"]) == 1
