@@ -26,6 +26,7 @@ from embed.store import DTYPES
 from msnpipe.runtime import command
 
 log = logging.getLogger("embed")
+MAX_VIEWS = 64  # views a run makes per image (MSN trained with 12); more is a typo, and would hold memory
 
 
 def _batch(text: str) -> int | None:
@@ -83,8 +84,8 @@ def parse_args(argv: list[str] | None = None):
     from embed.run import Config  # torch: imported once the command line is known
 
     extra = {"threads": a.threads} if a.threads else {}
-    if a.views < 0:
-        p.error("--views: a whole number >= 0")
+    if not 0 <= a.views <= MAX_VIEWS:
+        p.error(f"--views {a.views}: at most {MAX_VIEWS} (and >= 0); each view is a forward pass per image")
     return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
                   kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
                   device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,

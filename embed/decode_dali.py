@@ -62,7 +62,9 @@ def _round_half_even_of_half(d):
 
 
 def _resize_crop_normalize(jpg, images, pre: Preprocess):
-    """Resize the shorter side to pre.resize as torchvision does, center crop, normalize."""
+    """The center crop of the image resized to pre.resize on its shorter side (torchvision's size
+    rule and anchor), made in one resize of the region the crop keeps (roi_start/roi_end: the
+    resized image is never made, so a long strip costs its crop), then normalized."""
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
@@ -72,12 +74,12 @@ def _resize_crop_normalize(jpg, images, pre: Preprocess):
     wide = fn.cast(w > h, dtype=types.INT64)
     nh = wide * pre.resize + (1 - wide) * new_long
     nw = wide * new_long + (1 - wide) * pre.resize
-    images = fn.resize(images, resize_x=fn.cast(nw, dtype=types.FLOAT),
-                       resize_y=fn.cast(nh, dtype=types.FLOAT),
+    f = lambda v: fn.cast(v, dtype=types.FLOAT)  # noqa: E731
+    top, left = f(_round_half_even_of_half(nh - pre.crop)), f(_round_half_even_of_half(nw - pre.crop))
+    sy, sx = f(h) / f(nh), f(w) / f(nw)  # input pixels per resized pixel
+    images = fn.resize(images, size=[pre.crop, pre.crop], roi_start=fn.stack(top * sy, left * sx),
+                       roi_end=fn.stack((top + pre.crop) * sy, (left + pre.crop) * sx),
                        interp_type=types.INTERP_LINEAR, antialias=True)
-    anchor = fn.cast(fn.stack(_round_half_even_of_half(nh - pre.crop),
-                              _round_half_even_of_half(nw - pre.crop)), dtype=types.INT32)
-    images = fn.slice(images, anchor, np.array([pre.crop, pre.crop], dtype=np.int32), axes=[0, 1])
     return fn.crop_mirror_normalize(
         images, mean=[255 * m for m in pre.mean], std=[255 * s for s in pre.std],
         dtype=types.FLOAT, output_layout="CHW")

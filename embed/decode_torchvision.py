@@ -26,6 +26,7 @@ import torch
 
 from embed.batch import Batch, DecodeError, check_order
 from embed.encoders import Preprocess
+from embed.resize import FULL_RESIZE_PIXELS, resized_crop, resized_size
 from shard.reader import ShardFormatError, read_index
 
 Member = tuple[Path, int, int, int]  # (tar, offset, size, sample index)
@@ -53,13 +54,17 @@ def jpeg_members(tars: list[Path], idxs: list[Path]) -> list[Member]:
 
 
 def transform(img: torch.Tensor, pre: Preprocess) -> torch.Tensor:
-    """uint8 [3, H, W] -> float32 [3, crop, crop]: the reference transform on a tensor."""
+    """uint8 [3, H, W] -> float32 [3, crop, crop]: the reference transform on a tensor (an image
+    whose resize would be huge, a long strip, is resized in its kept region alone: embed.resize)."""
     from torchvision.transforms.v2 import functional as F
 
-    x = F.resize(img, [pre.resize], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    x = F.center_crop(x, [pre.crop, pre.crop])  # [3, 224, 224] uint8
-    x = x.to(torch.float32).div_(255)
-    return F.normalize(x, list(pre.mean), list(pre.std))
+    nh, nw = resized_size(img.shape[-2], img.shape[-1], pre.resize)
+    if nh * nw > FULL_RESIZE_PIXELS:
+        x = resized_crop(img, pre.resize, pre.crop)  # [3, 224, 224] float32 in 0..255
+    else:
+        x = F.resize(img, [pre.resize], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+        x = F.center_crop(x, [pre.crop, pre.crop]).to(torch.float32)  # [3, 224, 224]
+    return F.normalize(x.div_(255), list(pre.mean), list(pre.std))
 
 
 class Preparer:

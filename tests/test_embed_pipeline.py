@@ -1,8 +1,11 @@
 """embed.pipeline: both decoders' preprocessing against PIL + torchvision, indices, padding."""
 
+import io
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bench.reference import load_image
 from embed.decode_dali import key_of
@@ -154,3 +157,56 @@ def test_without_dali_the_default_run_uses_torchvision_and_records_it(embed_shar
     assert main(args + ["--out", str(tmp_path / "a.zarr")]) == 0
     assert open_embeddings(tmp_path / "a.zarr", "tiny_a", "val").attrs["identity"]["decoder"] == "torchvision"
     assert main(args + ["--out", str(tmp_path / "a.zarr"), "--decoder", "torchvision"]) == 0  # the same group
+
+
+PEAK = """import resource, sys, numpy as np, torch
+from embed.encoders import Preprocess
+from embed.pipeline import batches
+from shard.reader import open_split
+split = open_split(sys.argv[1], "val")
+order = np.arange(split.num_samples)
+images = [b.images for b in batches(sys.argv[2], split.tar_paths(), split.idx_paths(), order=order,
+                                    pre=Preprocess(), batch_size=4, device=torch.device("cpu"), threads=2)]
+torch.save(torch.cat(images), sys.argv[3])
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+@pytest.mark.parametrize("decoder", ["dali", "torchvision"])
+def test_long_strips_cost_their_crop_not_their_resize(tmp_path, decoder):
+    """Two 1x10000 strips raised embed's peak memory from 1.0 to 4.9 GB: the reference transform
+    resizes each to 256x2,560,000 before its crop. Only the kept region is resized now; its pixels
+    are those of embed.resize.resized_crop (itself torchvision's within a grey level)."""
+    import subprocess
+    import sys
+
+    from shard.__main__ import main as shard_main
+    from tests.conftest import make_folder, write
+
+    def shards(name, strips):
+        make_folder(tmp_path / name / "val", ["a", "b"], per_class=3)
+        for i in range(strips):
+            img = Image.fromarray(np.random.default_rng(i).integers(0, 256, (1, 10000, 3), dtype=np.uint8))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=95)
+            write(tmp_path / name / "val" / "b" / f"strip{i}.JPEG", buf.getvalue())
+        assert shard_main([str(tmp_path / name), str(tmp_path / f"{name}-out"), "--splits", "val",
+                           "--workers", "1"]) == 0
+        run = subprocess.run([sys.executable, "-c", PEAK, str(tmp_path / f"{name}-out"), decoder,
+                              str(tmp_path / f"{name}.pt")], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+        return int(run.stdout.split()[-1]), torch.load(tmp_path / f"{name}.pt")
+
+    base, _ = shards("plain", 0)
+    peak, images = shards("strips", 2)
+    assert peak - base < 300, (base, peak)  # MB; 2 GB a strip before
+    from embed.resize import resized_crop
+
+    split = open_split(tmp_path / "strips-out", "val")
+    for row, path in enumerate(split.paths()):
+        if "strip" in path:
+            src = np.asarray(Image.open(tmp_path / "strips" / "val" / path).convert("RGB"))
+            want = resized_crop(torch.from_numpy(src).permute(2, 0, 1).contiguous()) / 255
+            mean, std = (torch.tensor(v)[:, None, None] for v in (Preprocess().mean, Preprocess().std))
+            want = (want - mean) / std
+            assert (images[row] - want).abs().max() <= ONE_GREY_LEVEL, path

@@ -308,3 +308,22 @@ def test_each_run_is_recorded_and_the_first_kept(embed_shards, tiny_encoders, tm
     a = open_embeddings(out, "tiny_a", "val").attrs
     assert a["batch_size"] == 4 and [r["batch_size"] for r in a["runs"]] == [4, 2]
     assert [r["shards_done_before"] for r in a["runs"]] == [0, 4] and a["skipped_files"] == 0
+
+
+def test_deal_gives_every_shard_some_target_lacks_evenly_to_the_ranks():
+    """A shard one encoder finished and the other did not is dealt again (all, not any)."""
+    from embed.run import Dist, deal
+
+    done = [np.array([True, True, False, True, False, False]),
+            np.array([True, False, False, True, True, False])]
+    assert deal(done, Dist(0, 1)) == [1, 2, 4, 5]
+    assert deal(done, Dist(0, 2)) == [1, 4] and deal(done, Dist(1, 2)) == [2, 5]
+    assert deal([np.ones(3, bool)], Dist(0, 2)) == []
+
+
+def test_views_beyond_the_bound_are_refused(embed_shards, tmp_path, capsys):
+    """--views 100000 (a typo for 10) grew to 14 GB at 0 of 16 images."""
+    with pytest.raises(SystemExit):
+        main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", "random",
+              "--out", str(tmp_path / "v.zarr"), "--views", "100000"])
+    assert "--views 100000: at most 64" in capsys.readouterr().err

@@ -21,7 +21,8 @@ def test_parameter_ranges_and_rates():
     assert abs(rows[:, FLIP].mean() - 0.5) < 0.03
     assert abs((rows[:, SAT] == 0).mean() - 0.2) < 0.03  # grayscale p 0.2
     assert abs((rows[:, BLUR_SIGMA] > 0).mean() - 0.5) < 0.03
-    assert np.abs(rows[:, HUE]).max() <= 0.2 * 360
+    assert 0.19 * 360 < np.abs(rows[:, HUE]).max() <= 0.2 * 360  # hue jitter 0.2 of the circle, in degrees
+    assert abs(rows[:, HUE].mean()) < 3 and (rows[:, HUE] > 0).mean() == pytest.approx(0.4, abs=0.03)
     msn = np.stack([view_params(3, i, 0, aug=AUGMENTS["msn"]) for i in range(500)])
     assert msn[:, SCALE].min() >= 0.3
 

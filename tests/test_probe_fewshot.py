@@ -233,3 +233,24 @@ def test_order_seed_draws_the_images_the_reference_draws(tmp_path, tiny_encoders
         # allows (our statistics are summed in another order: 0.0015 apart here, at tol 1e-4)
         want = [r["test_loglik"] for r in ref]
         assert [float(r["test_loglik"]) for r in got] == pytest.approx(want, abs=5e-3)
+
+
+def test_a_constant_feature_is_standardized_to_zero_not_divided_by_zero(tmp_path):
+    """The reference sets a std below float32 epsilon to 1; without it a constant column is NaN."""
+    from embed.from_npy import main as from_npy_main
+    from embed.store import open_embeddings
+    from probe.data import load_standardized, mean_std
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    x[:, 2] = 7.0
+    for split in ("train", "val"):
+        np.save(tmp_path / f"embeddings_c_{split}.npy", x)
+        np.save(tmp_path / f"labels_{split}.npy", np.arange(30) % 3)
+    assert from_npy_main([str(tmp_path), "--encoder", "c", "--out", str(tmp_path / "s.zarr")]) == 0
+    train = open_embeddings(tmp_path / "s.zarr", "c", "train")
+    mean, std = mean_std(train)
+    assert std[0, 2] == 1 and mean[0, 2] == 7
+    z = load_standardized(train, mean, std).x
+    assert np.isfinite(z).all() and (z[:, 2] == 0).all()
+    np.testing.assert_allclose(z[:, 0], (x[:, 0] - x[:, 0].mean()) / x[:, 0].std(), rtol=1e-5, atol=1e-6)

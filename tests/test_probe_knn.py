@@ -71,3 +71,17 @@ def test_cli_writes_csv_and_rejects_bad_k(store, tmp_path, capsys):
     assert (tmp_path / "knn.csv").read_text().splitlines()[0] == "encoder,k,temperature,top1,top5"
     with pytest.raises(SystemExit):
         main([str(store), "--encoder", "toy", "--k", "0"])
+
+
+def test_the_temperature_weights_the_votes():
+    """Three neighbours of class 0 at similarity 0.5, two of class 1 at 0.9: one vote each, or a
+    high temperature, elects class 0; DINO's T = 0.07 (weights exp(sim / T)) elects class 1."""
+    from probe.knn import vote_accuracy
+
+    sims = torch.tensor([[0.9, 0.9, 0.5, 0.5, 0.5]])
+    labels = torch.tensor([[1, 1, 0, 0, 0]])
+    y0, y1 = torch.tensor([0]), torch.tensor([1])
+    assert vote_accuracy(sims, labels, y1, ks=(5,), num_classes=2, temperature=0.07)[5][0] == 1.0
+    assert vote_accuracy(sims, labels, y0, ks=(5,), num_classes=2, temperature=None)[5][0] == 1.0
+    assert vote_accuracy(sims, labels, y0, ks=(5,), num_classes=2, temperature=100.0)[5][0] == 1.0
+    assert vote_accuracy(sims, labels, y1, ks=(2,), num_classes=2, temperature=100.0)[2][0] == 1.0

@@ -1,0 +1,56 @@
+"""embed.resize: the reference transform's geometry, and the resize of the kept region only,
+against torchvision's Resize(256) + CenterCrop(224) of the whole image."""
+
+import numpy as np
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as F
+
+from embed.resize import crop_anchor, resized_crop, resized_size
+
+
+def _image(h: int, w: int, seed: int) -> torch.Tensor:
+    """A uint8 [3, H, W] image with edges and texture (smooth images would hide filter errors)."""
+    rng = np.random.default_rng(seed)
+    small = torch.as_tensor(rng.integers(0, 256, (3, max(1, h // 4), max(1, w // 4)), dtype=np.uint8))
+    img = F.resize(small, [h, w], interpolation=F.InterpolationMode.NEAREST)
+    return img.clone()
+
+
+def _torchvision(img: torch.Tensor) -> torch.Tensor:
+    x = F.resize(img, [256], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    return F.center_crop(x, [224, 224]).to(torch.float32)
+
+
+@pytest.mark.parametrize("h, w", [(375, 500), (500, 375), (300, 300), (257, 333), (131, 97), (224, 224),
+                                  (480, 640), (1200, 1600), (3, 1000), (1000, 3), (4, 800), (13, 2000),
+                                  (1, 5000), (256, 256), (255, 257)])
+def test_the_kept_region_alone_gives_torchvisions_pixels_within_one_grey_level(h, w):
+    img = _image(h, w, seed=h * 7 + w)
+    got, want = resized_crop(img), _torchvision(img)
+    assert got.shape == want.shape == (3, 224, 224)
+    diff = (got - want).abs()  # torchvision rounds to uint8 between its two passes; this keeps floats
+    assert diff.max() <= 1 and diff.mean() < 0.25, (diff.max(), diff.mean())
+
+
+def test_the_geometry_is_torchvisions():
+    assert resized_size(375, 500, 256) == (256, 341) and resized_size(500, 375, 256) == (341, 256)
+    assert resized_size(1, 10000, 256) == (256, 2_560_000)
+    assert crop_anchor(256, 341, 224) == (16, 58)  # round(58.5) == 58: half to even
+    assert crop_anchor(256, 343, 224) == (16, 60)  # round(59.5) == 60
+    img = _image(256, 343, seed=1)
+    assert torch.equal(F.center_crop(img, [224, 224]), img[:, 16:240, 60:284])
+
+
+def test_a_strip_needs_little_memory():
+    """A 1x10000 strip: its full resize would be 256x2,560,000 (2 GB of uint8); this is not made."""
+    import tracemalloc
+
+    img = _image(1, 10000, seed=3)
+    tracemalloc.start()  # numpy's taps; torch's own allocations are [3, 1, 224, K] and [3, 224, 224, K]
+    out = resized_crop(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (3, 224, 224) and peak < 1 << 20
+    row = img[:, 0, 4900:5100].to(torch.float32)  # the crop spans about 1 input pixel of the strip
+    assert out.min() >= row.min() - 1 and out.max() <= row.max() + 1
