@@ -29,6 +29,15 @@ log = logging.getLogger("embed")
 MAX_VIEWS = 64  # views a run makes per image (MSN trained with 12); more is a typo, and would hold memory
 
 
+def _whole(low: int):
+    """An argparse type: a whole number >= low."""
+    def parse(text: str) -> int:
+        if not text.lstrip("-").isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"{text}: a whole number >= {low}")
+        return int(text)
+    return parse
+
+
 def _batch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -60,10 +69,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto (default: dali where DALI decodes on the device, else torchvision), dali "
                         "(nvJPEG on a GPU), torchvision (decode_jpeg, nvJPEG on a GPU; no DALI needed) or "
                         "torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
-    p.add_argument("--check-drift", type=int, default=0, metavar="K",
+    p.add_argument("--check-drift", type=_whole(0), default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=_whole(1), default=None, help="CPU threads (default: all cores)")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also embed K augmented views per image into `views` [N, K, D] (default 0)")
     p.add_argument("--augment", choices=("msn", "simclr", "none"), default="msn",

@@ -36,7 +36,7 @@ import numpy as np
 
 from msnpipe.files import write_atomic
 from msnpipe.runtime import UserError, command, pick_device
-from probe.args import at_least, int_list
+from probe.args import at_least, int_list, positive_float
 from probe.backends import BACKENDS
 from probe.results import ResultFile
 
@@ -83,7 +83,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--C", type=float, default=1.0, help="inverse L2 weight of the head (default 1)")
+    p.add_argument("--C", type=positive_float, default=1.0, help="inverse L2 weight of the head (default 1)")
     p.add_argument("--max-iter", type=at_least(1), default=1000)
     p.add_argument("--samples", type=at_least(1), default=20, help="posterior draws for bald and epig")
     p.add_argument("--targets", type=at_least(1), default=100,
@@ -94,8 +94,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown or not a.strategy_list:
         named = ", ".join(unknown) or "(none given)"
         p.error(f"--strategies: unknown {named}; one of {', '.join(STRATEGY_NAMES)}")
-    if a.init < 0 or a.rounds < 0 or (a.step is not None and a.step < 1) or a.pool_max < 2 or not a.C > 0:
-        p.error("--init >= 0, --step >= 1, --rounds >= 0, --pool-max >= 2 and --C > 0")
+    if a.init < 0 or a.rounds < 0 or (a.step is not None and a.step < 1) or a.pool_max < 2:
+        p.error("--init >= 0, --step >= 1, --rounds >= 0 and --pool-max >= 2")
     needs_head = sorted(set(a.strategy_list) & set(NEED_A_MODEL))
     if a.init == 0 and needs_head:
         p.error(f"--init 0 starts with no labels, so no model: {', '.join(needs_head)} rank rows by one; "

@@ -327,3 +327,12 @@ def test_views_beyond_the_bound_are_refused(embed_shards, tmp_path, capsys):
         main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", "random",
               "--out", str(tmp_path / "v.zarr"), "--views", "100000"])
     assert "--views 100000: at most 64" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--threads", "-2"), ("--check-drift", "-1"),
+                                         ("--batch-size", "0")])
+def test_numeric_flags_have_a_range(embed_shards, tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", "random",
+              "--out", str(tmp_path / "v.zarr"), flag, value])
+    assert flag in capsys.readouterr().err and not (tmp_path / "v.zarr").exists()
