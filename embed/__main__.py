@@ -38,6 +38,17 @@ def _whole(low: int):
     return parse
 
 
+def _share(text: str) -> float:
+    """An argparse type: a fraction in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a fraction from 0 to 1")
+    return value
+
+
 def _batch(text: str) -> int | None:
     if text == "auto":
         return None
@@ -66,9 +77,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="images per batch, or auto (default: largest that fits on CUDA, 16 on CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--decoder", choices=DECODERS, default="auto",
-                   help="auto (default: dali where DALI decodes on the device, else torchvision), dali "
-                        "(nvJPEG on a GPU), torchvision (decode_jpeg, nvJPEG on a GPU; no DALI needed) or "
-                        "torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
+                   help="auto (default: on a GPU the first of nvimgcodec, dali, torchvision, "
+                        "torchvision-cpu that runs with libjpeg's pixels, on the CPU dali else torchvision; "
+                        "a resumed store keeps its own), nvimgcodec (nvImageCodec, the hardware JPEG "
+                        "engines first), dali (nvJPEG on a GPU; views), torchvision (decode_jpeg, nvJPEG "
+                        "on a GPU) or torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
+    p.add_argument("--hw-share", type=_share, default=None, metavar="F",
+                   help="on a GPU, the share of each batch for the hardware JPEG engines (nvimgcodec, "
+                        "dali; default: the library's own, 1 and 0.65)")
+    p.add_argument("--cpu-share", type=_share, default=0.0, metavar="F",
+                   help="nvimgcodec on a GPU: the share of each batch decoded on CPU threads (default 0)")
     p.add_argument("--check-drift", type=_whole(0), default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
@@ -98,7 +116,8 @@ def parse_args(argv: list[str] | None = None):
     return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
                   kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
                   device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
-                  augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, **extra)
+                  augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, hw_share=a.hw_share,
+                  cpu_share=a.cpu_share, **extra)
 
 
 def _run(cfg) -> dict:
@@ -109,11 +128,14 @@ def _run(cfg) -> dict:
 
 
 def _report(cfg, s: dict) -> None:
-    busy = s["wait_s"] + s["compute_s"]
-    rate = s["images"] / busy if busy else 0.0
-    log.info("rank %d: %d images in %.1f s (%.1f img/s; waiting for data %.0f%%, computing %.0f%%)%s",
-             s["rank"], s["images"], busy, rate, 100 * s["wait_s"] / (busy or 1),
-             100 * s["compute_s"] / (busy or 1), "; store complete" if s["complete"] else "")
+    steady = s["steady_s"]
+    rate = s["steady_images"] / steady if steady else 0.0
+    log.info("rank %d: %d images in %.1f s, %.1f s of it the first batch (compile, warm-up); then %.1f img/s "
+             "until the rows were stored (waiting for data %.0f%%, computing %.0f%%%s)%s", s["rank"],
+             s["images"], s["wall_s"], s["first_batch_s"], rate, 100 * s["wait_s"] / (steady or 1),
+             100 * s["compute_s"] / (steady or 1),
+             ", GPU time by CUDA events" if "cuda" in s["device"] else "",
+             "; store complete" if s["complete"] else "")
 
 
 def main(argv: list[str] | None = None) -> int:

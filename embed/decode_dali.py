@@ -5,8 +5,10 @@ The transform is the reference path's (torchvision `Resize(256)` bilinear antial
 PIL, `CenterCrop(224)`, ImageNet mean/std), reproduced exactly where DALI allows:
 the resized size is computed as torchvision does (`int(256 * long / short)`), the crop
 anchor with Python's round-half-even, and EXIF orientation is not applied (PIL ignores it).
-Decoding is `mixed` (nvJPEG) on a GPU, `cpu` otherwise. On a CPU pipeline, pixels agree
-with PIL/torchvision to within one grey level.
+Decoding is `mixed` on a GPU (nvJPEG: the hardware JPEG engines take `hw_share` of each batch,
+`--hw-share`, the CUDA decoder the rest, with libjpeg's chroma upsampling,
+`jpeg_fancy_upsampling`, and size hints: msnpipe.decoders.dali_decode_options), `cpu`
+otherwise. On a CPU pipeline, pixels agree with PIL/torchvision to within one grey level.
 
 Each sample's index comes from its WebDataset key (`source_info` ends in `:<key>.jpg`),
 so rows are written by index, never by arrival order. When DALI fails on a batch, its JPEGs
@@ -21,21 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embed.batch import Batch, DecodeError, check_order
+from embed.batch import Batch, DecodeError, check_order, tiny_jpeg
 from embed.encoders import Preprocess
 from embed.views import Views
 
 PREFETCH = 2  # batches DALI prepares ahead: a failure may belong to either
-
-
-def _tiny_jpeg() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.new("RGB", (16, 16), (90, 140, 200)).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def decoder_name(device: torch.device) -> str:
@@ -48,11 +40,32 @@ def unusable(device: torch.device) -> str | None:
     from msnpipe.decoders import decode_bytes
 
     try:
-        bad = decode_bytes(decoder_name(device), [_tiny_jpeg()])
+        bad = decode_bytes(decoder_name(device), [tiny_jpeg()])
     except Exception as e:  # an import or CUDA error: DALI is there but cannot run
         said = str(e).splitlines()[0][:160] if str(e) else ""
         return f"DALI cannot run on {device} ({type(e).__name__}: {said})"
     return f"DALI cannot decode on {device} ({bad[0]})" if bad else None
+
+
+def pixels(data: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    """uint8 [3, H, W] CPU tensors of JPEGs as DALI's decoder decodes them on `device`."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    from msnpipe.decoders import dali_decode_options
+
+    mixed = device.type == "cuda"
+
+    @pipeline_def(batch_size=len(data), num_threads=1, device_id=(device.index or 0) if mixed else None)
+    def pipe():
+        jpg = fn.external_source(name="jpg", dtype=types.UINT8)
+        return fn.decoders.image(jpg, device="mixed" if mixed else "cpu", **dali_decode_options(mixed))
+
+    p = pipe()
+    p.build()
+    p.feed_input("jpg", [np.frombuffer(d, dtype=np.uint8) for d in data])
+    (out,) = p.run()
+    out = out.as_cpu() if mixed else out
+    return [torch.from_numpy(np.array(out[i])).permute(2, 0, 1).contiguous() for i in range(len(data))]
 
 
 def _round_half_even_of_half(d):
@@ -87,12 +100,14 @@ def _resize_crop_normalize(jpg, images, pre: Preprocess):
 
 def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, *, batch_size: int,
                    device_id: int | None, threads: int, order: np.ndarray | None = None,
-                   views: Views | None = None):
+                   views: Views | None = None, hw_share: float | None = None):
     """A DALI pipeline over `tars` yielding (images, source_info, *views) batches, last batch
-    padded. Views need `order`, the sample indices in reading order, to draw their parameters."""
+    padded. Views need `order`, the sample indices in reading order, to draw their parameters;
+    `hw_share` is the hardware JPEG decoder's share of each batch on a GPU (DALI's default: None)."""
     from nvidia.dali import fn, pipeline_def, types
 
     from embed.views import AUGMENTS, augmented, params_source
+    from msnpipe.decoders import dali_decode_options
 
     aug = AUGMENTS[views.augment] if views else None
 
@@ -104,7 +119,7 @@ def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, *, batch
             missing_component_behavior="error", pad_last_batch=True, name="reader")
         info = fn.get_property(jpg, key="source_info")
         images = fn.decoders.image(jpg, device="cpu" if device_id is None else "mixed",
-                                   output_type=types.RGB, adjust_orientation=False)
+                                   **dali_decode_options(device_id is not None, hw_share))
         outputs = [_resize_crop_normalize(jpg, images, pre), info]
         for v in range(views.k if aug else 0):
             params = fn.external_source(params_source(order, batch_size, views.seed, view=v, aug=aug),
@@ -139,7 +154,7 @@ def _culprit(tars: list[Path], idxs: list[Path], wanted: np.ndarray, device: tor
              error: RuntimeError) -> DecodeError | RuntimeError:
     """The DecodeError of the first sample of `wanted` that DALI cannot decode alone, or `error`
     itself when each decodes (the failure was not a JPEG's)."""
-    from embed.decode_torchvision import jpeg_members
+    from embed.members import jpeg_members
     from msnpipe.decoders import Sample, decode_group
 
     members = {m[3]: m for m in jpeg_members(tars, idxs)}
@@ -149,12 +164,12 @@ def _culprit(tars: list[Path], idxs: list[Path], wanted: np.ndarray, device: tor
 
 
 def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: Preprocess,
-                 batch_size: int, device: torch.device, threads: int,
-                 views: Views | None = None) -> Iterator[Batch]:
+                 batch_size: int, device: torch.device, threads: int, views: Views | None = None,
+                 hw_share: float | None = None) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
     device_id = (device.index or 0) if device.type == "cuda" else None
     pipe = build_pipeline(tars, idxs, pre, batch_size=batch_size, device_id=device_id, threads=threads,
-                          order=order, views=views)
+                          order=order, views=views, hw_share=hw_share)
     for start in range(0, len(order), batch_size):
         try:
             images, info, *view_lists = pipe.run()

@@ -38,7 +38,7 @@ from embed.assemble import ShardAssembler
 from embed.batch import DecodeError
 from embed.checkpoint import load_encoder, resolve_weights
 from embed.encoders import EncoderSpec, get_spec
-from embed.pipeline import batches, resolve
+from embed.pipeline import Tuning, batches, fidelity, resolve
 from embed.runner import EncoderRunner, HostRows, auto_batch
 from embed.source import CheckedShards, refuse_changed
 from embed.views import Views
@@ -69,7 +69,9 @@ class Config:
     views: int = 0                 # K augmented views per image (0: none), stored as `views`
     augment: str = "msn"           # msn | simclr | none (see embed.views)
     view_seed: int = 0
-    decoder: str = "auto"          # auto | dali | torchvision | torchvision-cpu (see embed.pipeline)
+    decoder: str = "auto"          # auto | nvimgcodec | dali | torchvision | torchvision-cpu (embed.pipeline)
+    hw_share: float | None = None  # the hardware JPEG engines' share of a batch (None: the library's)
+    cpu_share: float = 0.0         # nvimgcodec on a GPU: the share of a batch decoded on CPU threads
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
 
@@ -107,7 +109,7 @@ def init_dist() -> Dist:
 
 
 def versions() -> dict:
-    """Versions of what shapes the numbers (DALI's only when it is installed)."""
+    """Versions of what shapes the numbers (DALI's and nvImageCodec's only where installed)."""
     from importlib.metadata import PackageNotFoundError, distributions, version
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
@@ -116,9 +118,10 @@ def versions() -> dict:
             out[name] = version(name)
         except PackageNotFoundError:
             pass
-    dali = [d for d in distributions() if (d.metadata["Name"] or "").startswith("nvidia-dali")]
-    if dali:
-        out["nvidia-dali"] = dali[0].version
+    for prefix in ("nvidia-dali", "nvidia-nvimgcodec"):
+        found = [d for d in distributions() if (d.metadata["Name"] or "").startswith(prefix)]
+        if found:
+            out[prefix] = found[0].version
     return out
 
 
@@ -178,13 +181,19 @@ def _attrs(t: Target, cfg: Config, *, split: Split) -> dict:
     }
 
 
-def record_run(group, *, device: torch.device, batch: int, dist: Dist) -> None:
-    """Append this run to the group's `runs` (a group resumed on another machine keeps both); the
-    top-level device, batch_size and versions stay the first run's."""
+def record_run(group, *, device: torch.device, batch: int, dist: Dist, cfg: Config) -> None:
+    """Append this run to the group's `runs` (a group resumed on another machine keeps both): where
+    it ran, and which decoder with which settings, how far its pixels lie from libjpeg-turbo's on
+    a GPU (embed.pipeline.fidelity); the top-level device, batch_size and versions stay the first
+    run's."""
     done = int(store.done_shards(group).sum())
+    decoder = {"name": cfg.decoder, "threads": decode_threads(cfg, device), "hw_share": cfg.hw_share,
+               "cpu_share": cfg.cpu_share}
+    if device.type == "cuda":
+        decoder["grey_levels_from_libjpeg"] = round(fidelity(cfg.decoder, device), 4)
     run = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
            "device": device_name(device), "batch_size": batch, "world": dist.world, "versions": versions(),
-           "shards_done_before": done}
+           "shards_done_before": done, "decoder": decoder}
     attrs = group.attrs.asdict()
     first = {k: run[k] for k in ("device", "batch_size", "versions") if k not in attrs}
     group.attrs.update(first | {"runs": attrs.get("runs", []) + [run]})
@@ -250,6 +259,17 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precisio
     return targets
 
 
+def recorded_decoder(cfg: Config, split: str) -> str | None:
+    """The decoder the groups `cfg` would resume were built with (when they agree), so that
+    `--decoder auto` resumes a group on a machine where it would pick another."""
+    found = set()
+    for name in cfg.encoders:
+        group = store.open_group(cfg.out, name, split, mode="r")
+        if group is not None and store.is_whole(group):
+            found.add((group.attrs.asdict().get("identity") or {}).get("decoder"))
+    return found.pop() if len(found) == 1 else None
+
+
 def deal(done: list[np.ndarray], dist: Dist) -> list[int]:
     """This rank's shards: those some target has not done, dealt round-robin over the ranks, so
     a resumed job spreads what is left evenly whatever was finished before."""
@@ -266,32 +286,91 @@ def _submit(t: Target, b, real: int) -> Pending:
     return Pending(t, HostRows(rows), HostRows(views) if views is not None else None, b.indices[:keep])
 
 
+def decode_threads(cfg: Config, device: torch.device) -> int:
+    """The decoder's CPU threads: every core beside a GPU; half of them beside a CPU model."""
+    return max(1, cfg.threads if device.type == "cuda" else cfg.threads // 2)
+
+
+class Clock:
+    """Where a run's seconds go. Past the first batch (compile, warm-up: `first_s`), on CUDA
+    `compute_s` is the GPU's own time from each batch's first forward launch to its last kernel
+    (CUDA events, read at the end) and `wait_s` the rest of the wall time (the model's stream
+    idle, waiting for data); on the CPU both are wall-clock. `steady_s` runs from the end of the
+    first batch (device synchronized) until the last rows are in the store."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.cuda = device, device.type == "cuda"
+        self.start = self.mark = time.perf_counter()
+        self.first_s: float | None = None
+        self.first_images = 0
+        self.wait = self.compute = 0.0  # CPU: wall-clock sums
+        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def begin(self) -> torch.cuda.Event | None:
+        """A batch has arrived; its forward passes are about to be queued."""
+        now = time.perf_counter()
+        if self.first_s is not None:
+            self.wait += now - self.mark
+        self.mark = now
+        if self.cuda and self.first_s is not None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return None
+
+    def end(self, started: torch.cuda.Event | None, images: int) -> None:
+        """The batch's forward passes are queued (and the batch before has landed)."""
+        now = time.perf_counter()
+        if self.first_s is None:  # the first batch: compile and warm-up, kept apart
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+                now = time.perf_counter()
+            self.first_s, self.first_images = now - self.start, images
+        else:
+            self.compute += now - self.mark
+            if started is not None:
+                done = torch.cuda.Event(enable_timing=True)
+                done.record()
+                self.spans.append((started, done))
+        self.mark = now
+
+    def stats(self, images: int) -> dict:
+        """Once the last rows are in the store."""
+        now = time.perf_counter()
+        first = self.first_s if self.first_s is not None else now - self.start
+        steady = now - self.start - first
+        compute = self.compute
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            compute = sum(a.elapsed_time(b) for a, b in self.spans) / 1000
+        return {"images": images, "wall_s": now - self.start, "first_batch_s": first,
+                "first_batch_images": self.first_images, "steady_s": steady,
+                "steady_images": images - self.first_images, "compute_s": compute,
+                "wait_s": max(0.0, steady - compute)}
+
+
 def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Config,
           device: torch.device, batch: int, show: bool) -> dict:
-    """Embed every sample of `shard_ids` with every target; return timings."""
+    """Embed every sample of `shard_ids` with every target; return timings (Clock.stats)."""
     order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
-    dali_threads = max(1, min(8, cfg.threads if device.type == "cuda" else cfg.threads // 2))  # decoder
     views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
     stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order=order,
-                     pre=targets[0].spec.preprocess, batch_size=batch, device=device, threads=dali_threads,
-                     views=views)
-    wait = compute = 0.0
-    first: tuple[float, int] | None = None  # (seconds, images) of the first batch: compile, warm-up
+                     pre=targets[0].spec.preprocess, batch_size=batch, device=device,
+                     threads=decode_threads(cfg, device), views=views,
+                     tuning=Tuning(cfg.hw_share, cfg.cpu_share))
     bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
-    t = time.perf_counter()
+    clock = Clock(device)
     previous: list[Pending] = []
     try:
         for b in stream:
-            t1 = time.perf_counter()
+            started = clock.begin()
             real = int((b.indices >= 0).sum())
             submitted = [_submit(target, b, real) for target in targets]
             for p in previous:  # the batch before: its copies had a whole forward pass to land
                 p.land()
             previous = submitted
-            t2 = time.perf_counter()
-            wait, compute, t = wait + (t1 - t), compute + (t2 - t1), t2
-            first = first or (wait + compute, real)
+            clock.end(started, real)
             bar.update(real)
     except DecodeError as e:
         for p in previous:  # what was computed before the failure is written, whole shards marked done
@@ -301,8 +380,7 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Con
         bar.close()
     for p in previous:
         p.land()
-    return {"images": len(order), "wait_s": wait, "compute_s": compute,
-            "first_batch_s": first[0] if first else 0.0, "first_batch_images": first[1] if first else 0}
+    return clock.stats(len(order))
 
 
 def undecodable(e: DecodeError, split: Split, cfg: Config, *, targets: list[Target]) -> UserError:
@@ -343,8 +421,9 @@ def _finish(targets: list[Target], dist: Dist) -> bool | None:
 def run(cfg: Config) -> dict:
     """Embed one split with every encoder of `cfg`; return a summary."""
     dist, device, precision = _runtime(cfg)
-    cfg = dataclasses.replace(cfg, decoder=resolve(cfg.decoder, device, views=cfg.views > 0))
     split = open_split(cfg.shards, cfg.split)
+    decoder = resolve(cfg.decoder, device, views=cfg.views > 0, recorded=recorded_decoder(cfg, split.name))
+    cfg = dataclasses.replace(cfg, decoder=decoder)
     if split.num_samples == 0:
         raise UserError(f"{split.dir}: the split holds no sample (every file was skipped); nothing to embed")
     refuse_changed(split)
@@ -359,7 +438,7 @@ def run(cfg: Config) -> dict:
         if dist.rank == 0:
             for t in targets:
                 t.group.attrs.update(_attrs(t, cfg, split=split))
-                record_run(t.group, device=device, batch=batch, dist=dist)
+                record_run(t.group, device=device, batch=batch, dist=dist, cfg=cfg)
         dist.barrier()
         mine = deal([store.done_shards(t.group) for t in targets], dist)
         shards.start(mine)

@@ -41,6 +41,52 @@ _MODULES = {"libjpeg-turbo": "torchvision", "nvjpeg": "torchvision", "dali-cpu":
 BATCH = 32  # images a decoder call takes at once
 
 
+# How the GPU libraries decode, here and in embed's decoders alike (one place for their settings).
+DALI_SIZE_HINTS = (5980, 6430)  # (width, height): ImageNet's largest, what the HW decoder preallocates for
+
+
+def dali_decode_options(mixed: bool, hw_share: float | None = None) -> dict:
+    """Keyword arguments of DALI's fn.decoders.image: RGB, no EXIF orientation (PIL applies none),
+    libjpeg's chroma upsampling (`jpeg_fancy_upsampling`: PIL's pixels, not nvJPEG's own); on
+    `mixed`, the hardware decoder's share of each batch (DALI's default 0.65 when None) and the
+    size hints it preallocates for."""
+    from nvidia.dali import types
+
+    options = {"output_type": types.RGB, "adjust_orientation": False, "jpeg_fancy_upsampling": True}
+    if mixed:
+        width, height = DALI_SIZE_HINTS
+        options |= {"preallocate_width_hint": width, "preallocate_height_hint": height}
+        if hw_share is not None:
+            options["hw_decoder_load"] = hw_share
+    return options
+
+
+def nvimgcodec_decoder(device_id: int | None, *, threads: int = 0, hw_share: float = 1.0,
+                       cpu_share: float = 0.0):
+    """An nvImageCodec Decoder. `device_id` None: its CPU backend alone (libjpeg-turbo, PIL's
+    pixels). A GPU: backends in order of preference, each taking its share of a batch and passing
+    on what it refuses: a `cpu_share` on `threads` CPU threads (when above 0), the hardware JPEG
+    engines (a `hw_share` of what they accept), the CUDA decoder (progressive, odd subsampling),
+    the hybrid one. Fancy upsampling on: chroma upsampled as libjpeg (PIL) does."""
+    from nvidia import nvimgcodec as n
+
+    options = ":fancy_upsampling=1"
+    if device_id is None:
+        return n.Decoder(device_id=n.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=threads,
+                         backends=[n.Backend(n.BackendKind.CPU_ONLY)], options=options)
+    backends = [n.Backend(n.BackendKind.CPU_ONLY, load_hint=cpu_share)] if cpu_share > 0 else []
+    backends += [n.Backend(n.BackendKind.HW_GPU_ONLY, load_hint=hw_share), n.Backend(n.BackendKind.GPU_ONLY),
+                 n.Backend(n.BackendKind.HYBRID_CPU_GPU)]
+    return n.Decoder(device_id=device_id, max_num_cpu_threads=threads, backends=backends, options=options)
+
+
+def nvimgcodec_params():
+    """nvImageCodec DecodeParams: planar RGB uint8 ([3, H, W]), no EXIF orientation."""
+    from nvidia import nvimgcodec as n
+
+    return n.DecodeParams(apply_exif_orientation=False, color_spec=n.SRGB, sample_format=n.P_RGB)
+
+
 @dataclass(frozen=True)
 class Sample:
     """One JPEG to decode: `key` names it in reports; its bytes are `size` bytes of file `path`
@@ -144,7 +190,7 @@ def _dali_pipeline(device: str, batch: int):
                   device_id=None if device == "cpu" else 0, exec_dynamic=True, prefetch_queue_depth=1)
     def pipe():
         jpg = fn.external_source(name="jpg", dtype=types.UINT8)
-        return fn.decoders.image(jpg, device=device, output_type=types.RGB)
+        return fn.decoders.image(jpg, device=device, **dali_decode_options(device == "mixed"))
 
     p = pipe()
     p.build()
@@ -179,16 +225,15 @@ def _nvimgcodec(data: list[bytes], device: str) -> list[str | None]:
 
     key = ("nvimgcodec", device)
     if key not in _CACHE:
-        if device == "cpu":
-            _CACHE[key] = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY,
-                                             backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
-        else:
-            _CACHE[key] = nvimgcodec.Decoder()
+        _CACHE[key] = nvimgcodec_decoder(None if device == "cpu" else 0)
     out = []
     for d in data:
         said: list[str] = []
-        with _stderr_captured(said):
-            image = _CACHE[key].decode(d)
+        try:
+            with _stderr_captured(said):
+                image = _CACHE[key].decode(nvimgcodec.CodeStream(d), params=nvimgcodec_params())
+        except RuntimeError as e:  # a stream it cannot even parse
+            image, said = None, [*said, str(e)]
         out.append(None if image is not None else (_said("".join(said)) or "no image decoded"))
     return out
 

@@ -32,7 +32,9 @@ def installed_decoders() -> list[str]:
     """The embed decoders that can run here (DALI is optional on a GPU machine)."""
     import importlib.util
     found = ["torchvision", "torchvision-cpu"]
-    return (["dali"] if importlib.util.find_spec("nvidia.dali") else []) + found
+    optional = [name for name, module in (("dali", "nvidia.dali"), ("nvimgcodec", "nvidia.nvimgcodec"))
+                if importlib.util.find_spec(module)]
+    return optional + found
 
 
 def pixels(w: int, h: int, seed: int, mode: str = "RGB") -> np.ndarray:

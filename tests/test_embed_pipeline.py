@@ -26,7 +26,7 @@ def _all(split, batch, decoder="dali"):
                         pre=Preprocess(), batch_size=batch, device=torch.device("cpu"), threads=1))
 
 
-@pytest.mark.parametrize("decoder", ["dali", "torchvision", "torchvision-cpu"])
+@pytest.mark.parametrize("decoder", ["dali", "torchvision", "torchvision-cpu", "nvimgcodec"])
 def test_pixels_match_torchvision_within_one_grey_level(split, decoder):
     got = _all(split, batch=6, decoder=decoder)
     images = torch.cat([b.images for b in got])  # [B*, 3, 224, 224]
@@ -40,7 +40,7 @@ def test_pixels_match_torchvision_within_one_grey_level(split, decoder):
         assert (images[row] - want).abs().max() <= ONE_GREY_LEVEL, split.paths()[index]
 
 
-@pytest.mark.parametrize("decoder", ["dali", "torchvision"])
+@pytest.mark.parametrize("decoder", ["dali", "torchvision", "nvimgcodec"])
 def test_indices_come_from_keys_and_padding_is_marked(split, decoder):
     got = _all(split, batch=6, decoder=decoder)  # 17 samples: 6 + 6 + 5 real, 1 padded
     assert [len(b.indices) for b in got] == [6, 6, 6]
@@ -66,6 +66,26 @@ def test_nvjpeg_pixels_stay_within_a_few_grey_levels_of_pil(split):
     print(f"nvJPEG vs PIL: max {worst:.2f}, mean {np.mean(mean):.3f} grey levels")
     # nvJPEG is not libjpeg: measured on an H200, mean 1.37 and max 105 grey levels (local, at edges)
     assert np.mean(mean) <= 2.0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoder", ["nvimgcodec", "dali"])
+def test_gpu_decoders_with_fancy_upsampling_keep_libjpegs_pixels(split, decoder):
+    """nvImageCodec and DALI mixed with libjpeg's chroma upsampling: the issue's target is rows at
+    min cosine >= 0.9995 to the reference; pixels within FIDELITY_MAX grey levels on average."""
+    pytest.importorskip({"nvimgcodec": "nvidia.nvimgcodec", "dali": "nvidia.dali"}[decoder])
+    from embed.pipeline import FIDELITY_MAX, fidelity
+
+    cuda = torch.device("cuda")
+    got = list(batches(decoder, split.tar_paths(), split.idx_paths(), order=np.arange(split.num_samples),
+                       pre=Preprocess(), batch_size=6, device=cuda, threads=2))
+    images = torch.cat([b.images for b in got]).cpu()
+    indices = np.concatenate([b.indices for b in got])
+    src = split.dir.parent.parent
+    originals = {f"{p.parent.name}/{p.name}": p for p in src.rglob("*.JPEG")}
+    means = [float(((images[row] - load_image(originals[split.paths()[i]])).abs() * 255 * 0.224).mean())
+             for row, i in enumerate(indices) if i >= 0]
+    assert np.mean(means) <= FIDELITY_MAX and fidelity(decoder, cuda) <= FIDELITY_MAX
 
 
 def test_key_of_source_info():
@@ -105,16 +125,16 @@ def test_the_torchvision_decoder_holds_one_tar_open_at_a_time(tmp_path, decoder)
 
 
 def test_a_member_is_read_to_the_size_its_index_lists(tmp_path):
-    from embed.decode_torchvision import Preparer
+    from embed.members import MemberReader
     from shard.reader import ShardFormatError
 
     tar = tmp_path / "x.tar"
     tar.write_bytes(b"\xff\xd8" + bytes(100))
-    prepare = Preparer(Preprocess(), torch.device("cpu"), threads=1)
-    assert len(prepare._read((tar, 0, 102, 7))) == 102
+    reader = MemberReader()
+    assert len(reader.read((tar, 0, 102, 7))) == 102
     with pytest.raises(ShardFormatError, match="sample 7 is cut short \\(52 of the 102 bytes"):
-        prepare._read((tar, 50, 102, 7))
-    prepare.close()
+        reader.read((tar, 50, 102, 7))
+    reader.close()
 
 
 def test_auto_is_dali_where_it_decodes_else_torchvision(monkeypatch):
@@ -137,6 +157,38 @@ def test_auto_is_dali_where_it_decodes_else_torchvision(monkeypatch):
         resolve("dali", cpu, views=False)
     with pytest.raises(UserError, match="dali: nvidia.dali is not installed; torchvision: makes no augm"):
         resolve("auto", cpu, views=True)
+
+
+def test_every_cpu_decoder_gives_libjpegs_pixels_on_the_test_jpegs():
+    from embed.pipeline import fidelity
+
+    cpu = torch.device("cpu")
+    assert fidelity("torchvision-cpu", cpu) == fidelity("torchvision", cpu) == 0.0
+    assert fidelity("nvimgcodec", cpu) == 0.0
+    assert fidelity("dali", cpu) <= 0.05
+
+
+def test_auto_on_a_gpu_passes_over_a_decoder_whose_pixels_are_not_libjpegs(monkeypatch, caplog):
+    """The first usable decoder of AUTO["cuda"] whose pixels lie within FIDELITY_MAX grey levels of
+    libjpeg-turbo's; a faster one whose pixels do not is passed over, with the reason logged."""
+    import logging
+
+    from embed import pipeline
+
+    def stub(name, pixels):
+        return pipeline.Decoder(name, "tests.decoder_stubs", "unused", "torch", probe="runs_everywhere",
+                                pixels=pixels)
+
+    monkeypatch.setattr(pipeline, "DECODERS", {"fast": stub("fast", "one_level_off_pixels"),
+                                               "faithful": stub("faithful", "libjpeg_pixels")})
+    monkeypatch.setattr(pipeline, "AUTO", {"cuda": ("fast", "faithful"), "cpu": ("fast",)})
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.INFO, logger="embed"):
+        assert pipeline.resolve("auto", cuda, views=False) == "faithful"
+    assert "not fast (its pixels lie 1.00 grey levels from libjpeg-turbo's on average)" in caplog.text
+    assert pipeline.resolve("auto", torch.device("cpu"), views=False) == "fast"  # the CPU: no gate
+    assert pipeline.resolve("fast", cuda, views=False) == "fast"  # asked for by name: it runs
+    assert pipeline.resolve("auto", cuda, views=False, recorded="fast") == "fast"  # a resumed group's
 
 
 def test_without_dali_the_default_run_uses_torchvision_and_records_it(embed_shards, tiny_encoders, tmp_path,

@@ -54,3 +54,43 @@ def test_a_strip_needs_little_memory():
     assert out.shape == (3, 224, 224) and peak < 1 << 20
     row = img[:, 0, 4900:5100].to(torch.float32)  # the crop spans about 1 input pixel of the strip
     assert out.min() >= row.min() - 1 and out.max() <= row.max() + 1
+
+
+@pytest.mark.parametrize("group_bytes", [1 << 27, 1])
+def test_a_batch_of_many_sizes_gives_each_images_pixels(monkeypatch, group_bytes):
+    """The batched path (the GPU's: gathers over padded groups of like sizes) gives each image
+    exactly the pixels it gets alone, whatever shares its group (one group per image: 1 byte)."""
+    import embed.resize
+    from embed.resize import resized_crops
+
+    monkeypatch.setattr(embed.resize, "GROUP_BYTES", group_bytes)
+    shapes = [(375, 500), (500, 375), (131, 97), (3, 1000), (300, 300), (1200, 1600), (257, 333),
+              (374, 499), (375, 500), (333, 500)]
+    images = [_image(h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+    got = resized_crops(images)
+    assert got.shape == (len(images), 3, 224, 224)
+    for i, img in enumerate(images):
+        assert torch.equal(got[i], resized_crops([img])[0]), shapes[i]
+        assert (got[i] - _torchvision(img)).abs().max() <= 1, shapes[i]
+    assert not torch.equal(got[0], got[8])  # the same size, other pixels: rows did not mix
+
+
+def test_grey_images_come_out_as_three_equal_channels_and_normalized_as_the_reference():
+    from embed.encoders import Preprocess
+    from embed.resize import normalized, resized_crops
+
+    grey = _image(200, 300, seed=9)[:1].expand(3, -1, -1).contiguous()
+    x = normalized(resized_crops([grey]), Preprocess().mean, Preprocess().std)[0]
+    want = F.normalize(_torchvision(grey) / 255, list(Preprocess().mean), list(Preprocess().std))
+    assert (x - want).abs().max() <= 1 / 255 / 0.224 + 1e-4
+
+
+@pytest.mark.gpu
+def test_the_batched_resize_on_a_gpu_gives_the_cpus_pixels_exactly():
+    """The same gathers, multiplies and adds in the same order: float32 on CUDA rounds as on the CPU."""
+    from embed.resize import resized_crops
+
+    shapes = [(375, 500), (500, 375), (131, 97), (3, 1000), (1200, 1600), (333, 500)]
+    images = [_image(h, w, seed=i) for i, (h, w) in enumerate(shapes)]
+    on_gpu = resized_crops([im.cuda() for im in images]).cpu()
+    assert torch.equal(on_gpu, resized_crops(images))

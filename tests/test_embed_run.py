@@ -59,18 +59,19 @@ def test_rows_match_the_reference_path(store, reference_rows, embed_shards):
     assert e.paths == open_split(embed_shards, "val").paths()
 
 
-def test_torchvision_decoder_rows_match_the_reference_path(embed_shards, vits_checkpoint, reference_rows,
-                                                           store, tmp_path):
+@pytest.mark.parametrize("decoder", ["torchvision", "nvimgcodec"])
+def test_other_decoders_rows_match_the_reference_path(embed_shards, vits_checkpoint, reference_rows,
+                                                      store, tmp_path, decoder):
     out = tmp_path / "tv.zarr"
     assert main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights",
                  str(vits_checkpoint), "--out", str(out), "--batch-size", "5",
-                 "--decoder", "torchvision"]) == 0
+                 "--decoder", decoder]) == 0
     e = open_embeddings(out, "vits16_800ep", "val")
     rows = np.asarray(e.embeddings[:])
     assert cosines(rows, reference_rows).min() >= 0.99999
     dali = np.asarray(open_embeddings(store, "vits16_800ep", "val").embeddings[:])
     assert cosines(dali, reference_rows).min() >= 0.99999
-    assert e.attrs["identity"]["decoder"] == "torchvision"
+    assert e.attrs["identity"]["decoder"] == decoder
 
 
 def test_views_need_the_dali_decoder(embed_shards, tmp_path, caplog):
@@ -310,6 +311,37 @@ def test_each_run_is_recorded_and_the_first_kept(embed_shards, tiny_encoders, tm
     assert [r["shards_done_before"] for r in a["runs"]] == [0, 4] and a["skipped_files"] == 0
 
 
+def test_auto_resumes_a_group_with_the_decoder_it_was_built_with(embed_shards, tiny_encoders, tmp_path,
+                                                                 caplog):
+    """A group built with --decoder torchvision, resumed with the default (auto: DALI here) would be
+    refused as built from other settings; auto keeps the group's decoder, and each run says which ran."""
+    out = tmp_path / "r.zarr"
+    args = [str(embed_shards), "--split", "val", "--encoder", "tiny_a", "--weights", "random",
+            "--threads", "2", "--out", str(out), "--batch-size", "4"]
+    assert main(args + ["--decoder", "torchvision"]) == 0
+    from embed.store import open_group
+
+    open_group(out, "tiny_a", "val", mode="a")["shards_done"][1] = False
+    assert main(args) == 0 and "decoder torchvision" in caplog.text.splitlines()[-2]
+    runs = open_embeddings(out, "tiny_a", "val").attrs["runs"]
+    assert [r["decoder"]["name"] for r in runs] == ["torchvision", "torchvision"]
+    assert runs[0]["decoder"] == {"name": "torchvision", "threads": 1, "hw_share": None, "cpu_share": 0.0}
+    assert "then" in caplog.text and "img/s until the rows were stored" in caplog.text
+    assert main(args[:-2] + ["--out", str(tmp_path / "new.zarr")]) == 0  # a new group: auto's own pick
+    assert open_embeddings(tmp_path / "new.zarr", "tiny_a", "val").attrs["identity"]["decoder"] == "dali"
+
+
+def test_the_run_reports_its_steady_part_apart_from_the_first_batch(embed_shards, tiny_encoders, tmp_path):
+    from embed.run import Config, run
+
+    stats = run(Config(shards=embed_shards, split="val", encoders=("tiny_a",), weights="random",
+                       out=tmp_path / "c.zarr", batch_size=4, decoder="torchvision", threads=2))
+    assert stats["images"] == 17 and stats["first_batch_images"] == 4 and stats["steady_images"] == 13
+    assert 0 < stats["first_batch_s"] and 0 < stats["steady_s"]
+    assert stats["wall_s"] == pytest.approx(stats["first_batch_s"] + stats["steady_s"], rel=1e-6)
+    assert 0 < stats["compute_s"] and stats["compute_s"] + stats["wait_s"] <= stats["steady_s"] * (1 + 1e-6)
+
+
 def test_deal_gives_every_shard_some_target_lacks_evenly_to_the_ranks():
     """A shard one encoder finished and the other did not is dealt again (all, not any)."""
     from embed.run import Dist, deal
@@ -330,7 +362,8 @@ def test_views_beyond_the_bound_are_refused(embed_shards, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flag, value", [("--threads", "0"), ("--threads", "-2"), ("--check-drift", "-1"),
-                                         ("--batch-size", "0")])
+                                         ("--batch-size", "0"), ("--hw-share", "1.5"), ("--hw-share", "nan"),
+                                         ("--cpu-share", "-0.1"), ("--cpu-share", "half")])
 def test_numeric_flags_have_a_range(embed_shards, tmp_path, capsys, flag, value):
     with pytest.raises(SystemExit):
         main([str(embed_shards), "--split", "val", "--encoder", "vits16_800ep", "--weights", "random",

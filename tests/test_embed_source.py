@@ -39,7 +39,7 @@ def test_a_tar_replaced_by_another_shards_is_refused_by_its_first_header(shards,
     assert f"{a}: its first member is '00000008.jpg', not '00000004.jpg'" in caplog.text
 
 
-@pytest.mark.parametrize("decoder", ["dali", "torchvision"])
+@pytest.mark.parametrize("decoder", ["dali", "torchvision", "nvimgcodec"])
 def test_changed_bytes_in_a_tar_are_refused_before_its_rows_are_written(shards, tiny_encoders, tmp_path,
                                                                        caplog, decoder):
     """One flipped bit inside a JPEG, at the same size: its rows would differ with exit 0. The
@@ -59,6 +59,7 @@ def test_changed_bytes_in_a_tar_are_refused_before_its_rows_are_written(shards, 
     ("dali", lenient_jpeg(seed=9),
      "dali-cpu cannot decode it (nvImageCodec failure: '#3'; [jpeg_parser] Invalid marker)"),
     ("torchvision", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(600), "libjpeg-turbo cannot decode it ("),
+    ("nvimgcodec", lenient_jpeg(seed=9), "nvimgcodec-cpu cannot decode it ([jpeg_parser] Invalid marker)"),
 ])
 def test_a_sample_the_decoder_cannot_read_is_one_line_and_earlier_shards_stay_done(
         shards, tiny_encoders, tmp_path, caplog, decoder, data, said):
