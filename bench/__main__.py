@@ -4,6 +4,7 @@
     python -m bench embed --device cuda # every encoder, full size, on the GPU
     python -m bench tolerance           # what the probes' default tol costs (bench.gpu.tolerance_rows)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
+    python -m bench gpu --scale 50000   # ... with N ImageNet-like JPEGs in the decode and embed sections
 
 Each benchmark times ours and the reference path in the same run; rows are appended to
 bench/results/<bench>.jsonl and REPORT.md is regenerated. A benchmark that cannot run here
@@ -43,6 +44,8 @@ def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
 
     if torch.cuda.is_available() and a.device != "cpu":
         sizes = gpu.QUICK if a.quick else gpu.FULL
+        if a.scale:
+            sizes = sizes.scaled(a.scale)
         if a.budget:
             sizes = dataclasses.replace(sizes, seconds=a.budget)
         if a.encoders:
@@ -68,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=None, help="where the .jsonl rows go (bench/results)")
     p.add_argument("--work", type=Path, default=None, help="folder for generated inputs (default: temp)")
     p.add_argument("--budget", type=float, default=None,
-                   help="gpu: seconds for the whole run (default 480, --quick 240)")
+                   help="gpu: seconds for the whole run, data generation included (default 360, --quick 240)")
+    p.add_argument("--scale", type=int, default=0, metavar="N",
+                   help="gpu: N ImageNet-like JPEGs for the decode and embed sections (default 20,000; "
+                        "--quick 3,000)")
     p.add_argument("--sections", default="", help="gpu: only these sections (gpu-model,gpu-embed,...)")
     p.add_argument("--encoders", default="", help="gpu: only these encoders in gpu-model")
     a = p.parse_args(argv)

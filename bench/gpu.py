@@ -1,26 +1,36 @@
-"""python -m bench gpu [--quick]: every GPU claim as a measured row, on one GPU, in minutes.
+"""python -m bench gpu [--quick] [--scale N]: every GPU claim as a measured row, on one GPU, in minutes.
 
-    python -m bench gpu            # the full set (each section within a share of ~8 minutes)
-    python -m bench gpu --quick    # smaller; on a machine without CUDA, a dry run on the CPU
+    python -m bench gpu              # the full set: 20,000 ImageNet-like JPEGs, about 6 minutes
+    python -m bench gpu --scale 50000  # the decode and embed sections on N JPEGs
+    python -m bench gpu --quick      # smaller; on a machine without CUDA, a dry run on the CPU
 
-Needs torch, torchvision, timm, numpy, zarr, webdataset and matplotlib; DALI, cuML and
-scikit-learn are optional (a missing one is a "skipped: not installed" row). Sections:
+Needs torch, torchvision, timm, numpy, zarr, webdataset and matplotlib; DALI, nvImageCodec, cuML
+and scikit-learn are optional (a missing one is a "skipped: not installed" row). Sections:
 
+- gpu-data: N JPEGs generated as ImageNet's are spread (bench.synthetic.imagenet_like_jpeg:
+  most 500x375 or 375x500, a tail to 2,000 pixels, about 110 KB, some progressive and grey) in
+  split `train`, a smaller `val`, sharded; the seconds each took (the run's set-up, timed);
+- gpu-decode: every decoder's shards -> model-ready batches on the device (decode + resize +
+  crop + normalize, device synchronized) over `train`, against PIL with a DataLoader of batch 16
+  and no workers (the reference path's loader); the decode alone (nvImageCodec, nvJPEG); the
+  preprocessing alone, batched (embed.resize.resized_crops) against per-image torchvision ops;
+- gpu-fidelity: each decoder's pixels and fp32 ViT-S/16 rows on a sample of `val` against the
+  reference path's (PIL + torchvision transform): grey levels apart, min and mean cosine;
 - gpu-model: each MSN encoder (random weights), bf16 + torch.compile at the auto batch size
   against fp32 eager at batch 16: img/s, TFLOP/s, fraction of the GPU's dense bf16 peak, memory;
-- gpu-decode: torchvision nvJPEG (and DALI mixed) on generated 500x375 shards, against PIL
-  with a DataLoader of batch 16 and no workers (the reference path's loader);
-- gpu-embed: shards -> store with --decoder torchvision (and dali) for ViT-S/16 and ViT-L/7
-  against the reference path on the same GPU (PIL, batch 16, fp32 eager);
+- gpu-embed: shards -> store (python -m embed, auto batch) per decoder and encoder, timed past
+  the first batch until the last rows are in the store, against the reference path on the same
+  GPU (PIL, batch 16, fp32 eager) and as a share of the model-only rate measured above; ViT-S
+  and ViT-B over `train`, the larger encoders over `val`;
 - gpu-probe: --backend torch against scikit-learn (and cuML) on a 1000-class, D=1024
   few-shot curve of realistic embeddings; the whole 20-seed curve on the GPU, and the subset
   scikit-learn fits too (all cores), fit for fit, with the differences of the answers;
 - gpu-knn: kNN and diagnostics on 100k x 1024 rows, the GPU against the same code on the CPU.
 
-Set-up (data, shards, checkpoints, model load, compile, warm-up) stays outside the timed
-regions; the reference path gets the same warm-up on the same device. A section that fails
-is recorded as such and the others still run. Without CUDA, each section runs once at toy
-sizes on the CPU (so this module cannot rot) and only "skipped: no CUDA device" rows are kept.
+Set-up (checkpoints, model load, compile, warm-up) stays outside the timed regions; the
+reference path gets the same warm-up on the same device. A section that fails is recorded as
+such and the others still run. Without CUDA, each section runs once at toy sizes on the CPU (so
+this module cannot rot) and only "skipped: no CUDA device" rows are kept.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,16 +54,19 @@ log = logging.getLogger("bench")
 CORES = len(os.sched_getaffinity(0))
 ALL_ENCODERS = ("vits16_800ep", "vitl7_200ep", "vitb16_600ep", "vitl16_600ep", "vitb4_300ep")
 REFERENCE_LOADER = "PIL + DataLoader(batch 16, 0 workers)"
-EMBED_BATCH = 256  # so the timed part (past the first batch, which compiles) holds several batches
+DECODER_ORDER = ("nvimgcodec", "dali", "torchvision", "torchvision-cpu")  # embed.pipeline names
+LARGE = ("vitl7_200ep", "vitl16_600ep", "vitb4_300ep")  # e2e over the smaller split
 
 
 @dataclass(frozen=True)
 class GpuSizes:
     """How big each section is."""
 
-    encoders: tuple[str, ...]
-    embed_encoders: tuple[str, ...]
-    images: int  # 500x375 JPEGs for decode and embed
+    encoders: tuple[str, ...]  # gpu-model, in this order while the budget lasts
+    embed_encoders: tuple[str, ...]  # gpu-embed, each with every decoder
+    images: int  # ImageNet-like JPEGs in split `train` (--scale)
+    small: int  # JPEGs in split `val`: the large encoders' e2e, fidelity, the reference paths
+    reference: int  # of `val`, the images the reference path is timed on
     probe: tuple[int, int, int, int]  # classes, D, train and test rows per class
     seeds: int  # the torch curve: seeds x n = 1..per_class
     per_class: int
@@ -61,14 +74,23 @@ class GpuSizes:
     sk_per_class: int
     knn: tuple[int, int, int]  # train rows, test rows, D
     repeats: int
-    seconds: float  # the time budget of the whole run
+    seconds: float  # the time budget of the whole run, data generation included
+    batch: int | None = None  # embed's batch (None: auto, the largest that fits)
+
+    def scaled(self, n: int) -> GpuSizes:
+        """These sizes with N JPEGs in `train` (and a `val` of a tenth, 1,000 to 4,000)."""
+        import dataclasses
+
+        return dataclasses.replace(self, images=n, small=min(n, max(1000, min(4000, n // 10))))
 
 
-FULL = GpuSizes(ALL_ENCODERS, ("vits16_800ep", "vitl7_200ep"), 1000, (1000, 1024, 10, 5), 20, 10, 4, 3,
-                (100_000, 10_000, 1024), 3, 480)
-QUICK = GpuSizes(("vits16_800ep", "vitl7_200ep"), ("vits16_800ep",), 500, (1000, 1024, 10, 5), 5, 5, 2, 2,
-                 (20_000, 2_000, 1024), 2, 240)
-DRY = GpuSizes(("vits16_800ep",), ("vits16_800ep",), 24, (12, 32, 6, 3), 2, 2, 1, 2, (400, 50, 32), 1, 600)
+FULL = GpuSizes(("vits16_800ep", "vitb16_600ep", "vitl7_200ep", "vitl16_600ep", "vitb4_300ep"),
+                ("vits16_800ep", "vitb16_600ep", "vitl7_200ep"), 20_000, 2000, 400, (1000, 1024, 10, 5),
+                20, 10, 4, 3, (100_000, 10_000, 1024), 3, 360)
+QUICK = GpuSizes(("vits16_800ep", "vitl7_200ep"), ("vits16_800ep",), 3000, 1000, 200, (1000, 1024, 10, 5),
+                 5, 5, 2, 2, (20_000, 2_000, 1024), 2, 240)
+DRY = GpuSizes(("vits16_800ep",), ("vits16_800ep",), 40, 20, 8, (12, 32, 6, 3), 2, 2, 1, 2,
+               (400, 50, 32), 1, 900, batch=4)
 
 
 def installed(module: str) -> bool:
@@ -87,12 +109,14 @@ class Budget:
 
 @dataclass
 class Context:
-    """Where a run works, on which device, how big, and until when."""
+    """Where a run works, on which device, how big, and until when; `measured` carries figures
+    from one section to another (the model-only rates gpu-embed compares with)."""
 
     root: Path
     device: torch.device
     sizes: GpuSizes
     budget: Budget
+    measured: dict = field(default_factory=dict)
 
     @property
     def dry(self) -> bool:
@@ -103,17 +127,35 @@ class Context:
 
 
 def prepare_images(ctx: Context) -> tuple[Path, Path]:
-    """(ImageFolder with split `val`, its shards) of ctx.sizes.images generated JPEGs."""
+    """(ImageFolder with splits `train` and `val` of ImageNet-like JPEGs, its shards), made once;
+    the seconds they took go to ctx.measured["data"]."""
     from bench.synthetic import make_image_folder
     from shard.__main__ import main as shard_main
 
     images, shards = ctx.root / "images", ctx.root / "shards"
-    if not (shards / "val" / "manifest.json").exists():
-        classes = 20
-        make_image_folder(images, classes, train=0, val=-(-ctx.sizes.images // classes), broken=0,
-                          workers=CORES)
-        assert shard_main([str(images), str(shards), "--splits", "val", "--samples-per-shard", "500"]) == 0
+    if (shards / "val" / "manifest.json").exists():
+        return images, shards
+    classes = 100 if not ctx.dry else 4
+    t = time.perf_counter()
+    make_image_folder(images, classes, train=-(-ctx.sizes.images // classes),
+                      val=-(-ctx.sizes.small // classes), broken=0, size="imagenet", workers=CORES)
+    made = time.perf_counter()
+    per_shard = 1000 if not ctx.dry else 8  # ImageNet's train shards hold 1,000 (1,282 of them)
+    assert shard_main([str(images), str(shards), "--samples-per-shard", str(per_shard),
+                       "--workers", str(CORES)]) == 0
+    files = list(images.rglob("*.JPEG"))
+    ctx.measured["data"] = {"images": len(files), "mean_kb": round(sum(f.stat().st_size for f in files)
+                                                                   / len(files) / 1e3, 1),
+                            "generate_s": round(made - t, 1), "shard_s": round(time.perf_counter() - made, 1)}
     return images, shards
+
+
+def data_rows(ctx: Context) -> list[Row]:
+    prepare_images(ctx)
+    data = ctx.measured.get("data", {})
+    return [Row("gpu-data", "ImageNet-like JPEGs, generated and sharded", ctx.device.type,
+                settings=data | {"train": ctx.sizes.images, "val": ctx.sizes.small,
+                                 "generator": "bench.synthetic.imagenet_like_jpeg", "workers": CORES})]
 
 
 def checkpoint(ctx: Context, encoder: str) -> Path:
@@ -178,6 +220,7 @@ def _model_row(ctx: Context, name: str) -> Row:
                 "compile_and_batch_s": round(compile_s, 1), "tflops": round(flops * ours.rate / 1e12, 1),
                 "fraction_of_bf16_peak": round(flops * ours.rate / peak, 3) if peak else None,
                 "reference_tflops": round(flops * reference.rate / 1e12, 1), "peak_memory_gib": peak_gib}
+    ctx.measured[("model", name)] = ours.rate  # what gpu-embed compares with
     return Row("gpu-model", name, dev.type, ours.summary(), reference.summary(),
                f"bf16 + torch.compile, batch {batch} (auto)", "fp32 eager, batch 16", settings)
 
@@ -192,55 +235,205 @@ def model_rows(ctx: Context) -> Iterator[Row]:
 # -- gpu-decode -------------------------------------------------------------------------------
 
 
-def _decode(decoder: str, shards: Path, device: torch.device, *, batch: int) -> int:
-    from embed.encoders import Preprocess
-    from embed.pipeline import batches
+def _open(shards: Path, split: str):
     from shard.reader import open_split
 
-    split = open_split(shards, "val")
-    stream = batches(decoder, split.tar_paths(), split.idx_paths(), order=np.arange(split.num_samples),
-                     pre=Preprocess(), batch_size=batch, device=device, threads=min(8, CORES))
-    return sum(int((b.indices >= 0).sum()) for b in stream)
+    return open_split(shards, split)
+
+
+def _batches(decoder: str, split, device: torch.device, *, batch: int, shards: int | None = None):
+    from embed.encoders import Preprocess
+    from embed.pipeline import batches
+
+    tars, idxs = split.tar_paths()[:shards], split.idx_paths()[:shards]
+    n = sum(len(split.shard_range(i)) for i in range(len(tars)))
+    return batches(decoder, tars, idxs, order=np.arange(n), pre=Preprocess(), batch_size=batch, device=device,
+                   threads=CORES)
+
+
+def _consume(decoder: str, split, device: torch.device, *, batch: int) -> int:
+    """Every sample of `split` through `decoder` to model-ready batches on `device`."""
+    return sum(int((b.indices >= 0).sum()) for b in _batches(decoder, split, device, batch=batch))
+
+
+def _reference_decode(images: Path, n: int) -> int:
+    """The reference path's loader over the first n images of `val`."""
+    from torch.utils.data import DataLoader, Subset
+    from torchvision.datasets import ImageFolder
+
+    from bench.reference import REFERENCE_TRANSFORM
+
+    data = Subset(ImageFolder(images / "val", transform=REFERENCE_TRANSFORM), range(n))
+    return sum(len(x) for x, _ in DataLoader(data, batch_size=16, num_workers=0))
+
+
+def _usable(decoder: str, device: torch.device) -> str | None:
+    from embed.pipeline import DECODERS
+
+    return DECODERS[decoder].unusable(device)
+
+
+def _raw(shards: Path, n: int) -> list[bytearray]:
+    """The bytes of the first n JPEGs of `val`, read once (outside the timed regions)."""
+    from embed.members import MemberReader, jpeg_members
+
+    split = _open(shards, "val")
+    reader = MemberReader()
+    data = [reader.read(m) for m in jpeg_members(split.tar_paths(), split.idx_paths())[:n]]
+    reader.close()
+    return data
+
+
+def _decode_alone(decoder: str, data: list[bytearray], device: torch.device, *, batch: int) -> int:
+    """`data` decoded to uint8 images on `device` (no resize), a batch per call."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if decoder == "nvimgcodec":
+        from nvidia import nvimgcodec
+
+        from msnpipe.decoders import nvimgcodec_decoder, nvimgcodec_params
+
+        dec = nvimgcodec_decoder((device.index or 0) if device.type == "cuda" else None, threads=CORES)
+        stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+        params = nvimgcodec_params()
+        for i in range(0, len(data), batch):
+            out = dec.decode([nvimgcodec.CodeStream(d) for d in data[i : i + batch]], params=params,
+                             cuda_stream=stream)
+            assert all(im is not None for im in out)
+        return len(data)
+    for i in range(0, len(data), batch):
+        tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in data[i : i + batch]]
+        if device.type == "cuda":
+            decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device)
+        else:
+            [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors]
+    return len(data)
+
+
+def _preprocess_rows(ctx: Context, data: list[bytearray], batch: int) -> Row:
+    """The GPU preprocessing alone: one batch of decoded images resized, cropped and normalized by
+    embed.resize.resized_crops against torchvision's ops image by image (the path before it)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from embed.encoders import Preprocess
+    from embed.resize import normalized, reference_transform, resized_crops
+
+    pre, dev = Preprocess(), ctx.device
+    tensors = [torch.frombuffer(d, dtype=torch.uint8) for d in data[:batch]]
+    images = (decode_jpeg(tensors, mode=ImageReadMode.RGB, device=dev) if dev.type == "cuda"
+              else [decode_jpeg(t, mode=ImageReadMode.RGB) for t in tensors])
+    batched = lambda: normalized(resized_crops(images, pre.resize, pre.crop), pre.mean, pre.std)  # noqa: E731
+    one_by_one = lambda: torch.stack([reference_transform(im, pre) for im in images])  # noqa: E731
+    gpu, n = not ctx.dry, ctx.sizes.repeats
+    ours = measure(lambda: (batched(), len(images))[1], n + 2, sync=gpu)
+    reference = measure(lambda: (one_by_one(), len(images))[1], n + 2, sync=gpu)
+    apart = ((batched() - one_by_one()).abs() * 255 * torch.tensor(pre.std, device=dev).view(3, 1, 1)).max()
+    return Row("gpu-decode", "preprocessing alone (decoded images in, model-ready batch out)", dev.type,
+               ours.summary(), reference.summary(), "embed.resize.resized_crops + normalized, one batch",
+               "torchvision resize + center_crop + normalize per image", {
+                   "batch": len(images), "max_grey_levels_apart": round(float(apart), 3)})
 
 
 def decode_rows(ctx: Context) -> list[Row]:
-    from bench.stages import _torchvision_decode
+    images, shards = prepare_images(ctx)
+    n, gpu, dev = ctx.sizes.repeats, not ctx.dry, ctx.device
+    batch = ctx.sizes.batch or 256
+    reference = measure(lambda: _reference_decode(images, ctx.sizes.reference), 1, warmup=0)
+    train = _open(shards, "train")
+    settings = {"images": train.num_samples, "split": "train (ImageNet-like)", "batch": batch,
+                "threads": CORES}
+    rows = []
+    for decoder in DECODER_ORDER:
+        case = f"{decoder}: shards to model-ready batches"
+        if (why := _usable(decoder, dev)) is not None:
+            rows.append(Row("gpu-decode", case, dev.type, skipped=why))
+            continue
+        if ctx.budget.left() < 10:
+            rows.append(Row("gpu-decode", case, dev.type, skipped="time budget"))
+            continue
+        t = measure(lambda d=decoder: _consume(d, train, dev, batch=batch), max(1, n - 1), sync=gpu)
+        rows.append(Row("gpu-decode", case, dev.type, t.summary(), reference.summary(),
+                        f"embed.pipeline {decoder}, batch {batch}", REFERENCE_LOADER, settings))
+    data = _raw(shards, min(ctx.sizes.small, 2000))
+    for decoder, label in (("nvimgcodec", "nvImageCodec Decoder.decode"),
+                           ("torchvision", "torchvision.io.decode_jpeg")):
+        case = f"{decoder}: decode alone (bytes in memory to uint8 images)"
+        if (why := _usable(decoder, dev)) is not None:
+            rows.append(Row("gpu-decode", case, dev.type, skipped=why))
+            continue
+        t = measure(lambda d=decoder: _decode_alone(d, data, dev, batch=batch), n, sync=gpu)
+        rows.append(Row("gpu-decode", case, dev.type, t.summary(), None, f"{label}, batch {batch}", "",
+                        {"images": len(data), "split": "val (ImageNet-like)"}))
+    rows.append(_preprocess_rows(ctx, data, batch))
+    return rows
+
+
+# -- gpu-fidelity -----------------------------------------------------------------------------
+
+
+def _reference_pixels(images: Path, shards: Path, n: int) -> torch.Tensor:
+    """The reference path's model input [n, 3, 224, 224] for the first n samples of `val`."""
+    from bench.reference import load_image
+
+    split = _open(shards, "val")
+    return torch.stack([load_image(images / "val" / p) for p in split.paths()[:n]])
+
+
+def _cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1)
+
+
+def fidelity_rows(ctx: Context) -> list[Row]:
+    """Each decoder's pixels and fp32 ViT-S/16 rows (random weights, eager) on a sample of `val`,
+    against the reference path's on the same images."""
+    from embed.checkpoint import random_model
+    from embed.encoders import Preprocess, get_spec
+    from embed.pipeline import fidelity
+    from embed.runner import EncoderRunner
 
     images, shards = prepare_images(ctx)
-    n, batch, gpu = ctx.sizes.repeats, 256 if not ctx.dry else 8, not ctx.dry
-    reference = measure(lambda: _torchvision_decode(images, 0), max(1, n - 1), warmup=0)
-    settings = {"images": ctx.sizes.images, "size": "500x375", "batch": batch}
-    tv = measure(lambda: _decode("torchvision", shards, ctx.device, batch=batch), n, sync=gpu)
-    rows = [Row("gpu-decode", "torchvision nvJPEG" if gpu else "torchvision", ctx.device.type, tv.summary(),
-                reference.summary(), f"torchvision.io.decode_jpeg on {ctx.device.type}, batch {batch}",
-                REFERENCE_LOADER, settings)]
-    if not installed("nvidia.dali"):
-        rows.append(Row("gpu-decode", "DALI mixed", "cuda", skipped="not installed (nvidia-dali)"))
-    else:
-        dali = measure(lambda: _decode("dali", shards, ctx.device, batch=batch), n, sync=gpu)
-        rows.append(Row("gpu-decode", "DALI mixed" if gpu else "DALI cpu", ctx.device.type, dali.summary(),
-                        reference.summary(), f"DALI, batch {batch}", REFERENCE_LOADER, settings))
+    val, dev = _open(shards, "val"), ctx.device
+    n = min(val.num_samples, 512 if not ctx.dry else 8)
+    want = _reference_pixels(images, shards, n)  # [n, 3, 224, 224] on the CPU
+    spec = get_spec("vits16_800ep")
+    model = EncoderRunner(spec, random_model(spec), kind="cls_prenorm", device=dev, precision="fp32",
+                          compile=False)
+    want_rows = torch.cat([model.forward(want[i : i + 64].to(dev)).float().cpu() for i in range(0, n, 64)])
+    grey = torch.tensor(Preprocess().std).view(1, 3, 1, 1) * 255  # normalized units -> grey levels
+    shards_needed = -(-n // val.samples_per_shard)
+    rows = []
+    for decoder in DECODER_ORDER:
+        if (why := _usable(decoder, dev)) is not None:
+            rows.append(Row("gpu-fidelity", decoder, dev.type, skipped=why))
+            continue
+        stream = _batches(decoder, val, dev, batch=64, shards=shards_needed)
+        got = torch.cat([b.images.cpu() for b in stream])[:n]  # [n, 3, 224, 224]
+        apart = (got - want).abs() * grey
+        rows_got = torch.cat([model.forward(got[i : i + 64].to(dev)).float().cpu() for i in range(0, n, 64)])
+        cos = _cosines(rows_got, want_rows)
+        rows.append(Row("gpu-fidelity", decoder, dev.type, settings={
+            "images": n, "mean_grey_levels_apart": round(float(apart.mean()), 4),
+            "max_grey_levels_apart": round(float(apart.max()), 2),
+            "min_cosine": round(float(cos.min()), 6), "mean_cosine": round(float(cos.mean()), 6),
+            "test_jpegs_grey_levels_apart": round(fidelity(decoder, dev), 4),
+            "model": "vits16_800ep, random weights, fp32 eager, cls_prenorm"}))
     return rows
 
 
 # -- gpu-embed --------------------------------------------------------------------------------
 
 
-def _embed_ours(ctx: Context, shards: Path, encoder: str, *, decoder: str, runs: list) -> int:
-    """One run of python -m embed into a fresh store; the steady rate (past the first batch,
-    which compiles) is what `runs` collects."""
+def _embed_ours(ctx: Context, shards: Path, split: str, encoder: str, *, decoder: str) -> dict:
+    """One run of python -m embed into a fresh store: its stats (embed.run.Clock)."""
     from embed.run import Config, run
 
-    out = ctx.root / f"store_{encoder}_{decoder}_{len(runs)}.zarr"
-    stats = run(Config(shards=shards, split="val", encoders=(encoder,), weights=str(checkpoint(ctx, encoder)),
-                       out=out, device=str(ctx.device), decoder=decoder,
-                       batch_size=EMBED_BATCH if not ctx.dry else 4))
+    out = ctx.root / f"store_{encoder}_{decoder}.zarr"
+    stats = run(Config(shards=shards, split=split, encoders=(encoder,), weights=str(checkpoint(ctx, encoder)),
+                       out=out, device=str(ctx.device), decoder=decoder, batch_size=ctx.sizes.batch))
     shutil.rmtree(out)
-    steady = stats["images"] - stats["first_batch_images"]
-    if not steady:
+    if not stats["steady_images"]:
         raise RuntimeError(f"{stats['images']} images fill one batch of {stats['batch']}: nothing to time")
-    runs.append((stats["wait_s"] + stats["compute_s"] - stats["first_batch_s"], steady, stats["batch"]))
-    return stats["images"]
+    return stats
 
 
 def _embed_reference(ctx: Context, images: Path, encoder: str) -> int:
@@ -250,34 +443,47 @@ def _embed_reference(ctx: Context, images: Path, encoder: str) -> int:
     s = get_spec(encoder)
     model = reference_vit(checkpoint(ctx, encoder), s.patch, s.dim, depth=s.depth,
                           heads=s.heads).to(ctx.device)
-    rows = embed_folder(images / "val", model, device=ctx.device)[0]
+    rows = embed_folder(images / "val", model, device=ctx.device, limit=ctx.sizes.reference)[0]
     del model
     return len(rows)
 
 
 def _embed_row(ctx: Context, images: Path, shards: Path, *, encoder: str, decoder: str) -> Row:
-    runs: list = []
-    _embed_ours(ctx, shards, encoder, decoder=decoder, runs=runs)  # timed past its first batch
-    ours = Timing([s for s, _, _ in runs], runs[0][1])
-    reference = measure(lambda: _embed_reference(ctx, images, encoder), 1, warmup=0, sync=not ctx.dry)
-    gpu = not ctx.dry
-    label = (f"python -m embed --decoder {decoder}, bf16 + compile, batch {runs[0][2]}" if gpu
-             else f"python -m embed --decoder {decoder}, fp32, batch 4")
-    return Row("gpu-embed", f"{encoder}, {decoder}", ctx.device.type, ours.summary(), reference.summary(),
-               label, "compute_embeddings.py: PIL, batch 16, 0 workers, fp32 eager",
-               {"images": ctx.sizes.images, "timed": "past the first batch (compile, warm-up)"})
+    split = "val" if encoder in LARGE else "train"
+    stats = _embed_ours(ctx, shards, split, encoder, decoder=decoder)
+    ours = Timing([stats["steady_s"]], stats["steady_images"])
+    key = ("reference", encoder)
+    if key not in ctx.measured:  # one reference run per encoder, whatever the decoder
+        ctx.measured[key] = measure(lambda: _embed_reference(ctx, images, encoder), 1, warmup=0,
+                                    sync=not ctx.dry)
+    model_rate = ctx.measured.get(("model", encoder))
+    settings = {"images": stats["images"], "split": f"{split} (ImageNet-like)",
+                "timed": "past the first batch (compile, warm-up) until the last rows are in the store",
+                "first_batch_s": round(stats["first_batch_s"], 2),
+                "waiting_for_data": round(stats["wait_s"] / stats["steady_s"], 3),
+                "computing": round(stats["compute_s"] / stats["steady_s"], 3),
+                "model_only_img_s": round(model_rate, 1) if model_rate else None,
+                "share_of_model_rate": round(ours.rate / model_rate, 3) if model_rate else None,
+                "reference_images": ctx.sizes.reference}
+    precision = "bf16 + compile" if not ctx.dry else "fp32"
+    return Row("gpu-embed", f"{encoder}, {decoder}", ctx.device.type, ours.summary(),
+               ctx.measured[key].summary(), f"python -m embed --decoder {decoder}, {precision}, batch "
+               f"{stats['batch']}", "compute_embeddings.py: PIL, batch 16, 0 workers, fp32 eager", settings)
 
 
 def embed_rows(ctx: Context) -> Iterator[Row]:
     images, shards = prepare_images(ctx)
     for encoder in ctx.sizes.embed_encoders:
-        for decoder in ("torchvision", "dali"):
-            if decoder == "dali" and not installed("nvidia.dali"):
-                yield Row("gpu-embed", f"{encoder}, dali", "cuda", skipped="not installed (nvidia-dali)")
+        for decoder in DECODER_ORDER:
+            case = f"{encoder}, {decoder}"
+            if (why := _usable(decoder, ctx.device)) is not None:
+                yield Row("gpu-embed", case, ctx.device.type, skipped=why)
                 continue
-            yield guarded(ctx, "gpu-embed", f"{encoder}, {decoder}", needs_s=30,
+            yield guarded(ctx, "gpu-embed", case, needs_s=20,
                           fn=lambda e=encoder, d=decoder: [_embed_row(ctx, images, shards, encoder=e,
                                                                       decoder=d)])[0]
+        if not ctx.dry:
+            torch.cuda.empty_cache()
 
 
 # -- gpu-probe --------------------------------------------------------------------------------
@@ -446,24 +652,26 @@ def guarded(ctx: Context, bench: str, case: str, *, needs_s: float, fn: Callable
 
 
 # (bench, share of the time budget, rows, whether the section is measured as a whole)
-SECTIONS = (("gpu-decode", 0.08, decode_rows, True), ("gpu-model", 0.34, model_rows, False),
-            ("gpu-embed", 0.22, embed_rows, False), ("gpu-probe", 0.22, probe_rows, True),
-            ("gpu-knn", 0.14, knn_rows, True))
+SECTIONS = (("gpu-data", 0.16, data_rows, True), ("gpu-decode", 0.1, decode_rows, True),
+            ("gpu-fidelity", 0.04, fidelity_rows, True), ("gpu-model", 0.2, model_rows, False),
+            ("gpu-embed", 0.26, embed_rows, False), ("gpu-probe", 0.14, probe_rows, True),
+            ("gpu-knn", 0.1, knn_rows, True))
 
 
 def rows(root: Path, device: torch.device, sizes: GpuSizes, *, only: tuple[str, ...] = ()) -> Iterator[Row]:
     """Every section's rows (or those of the sections in `only`), as each is measured; each
-    section has its share of the budget."""
+    section has its share of the budget (gpu-data's set-up is made by whichever needs it first)."""
     total = Budget(sizes.seconds)
     chosen = [s for s in SECTIONS if not only or s[0] in only]
     scale = 1 / sum(share for _, share, _, _ in chosen)
+    measured: dict = {}
     for bench, share, fn, whole in chosen:
         share *= scale
-        ctx = Context(root, device, sizes, Budget(min(total.left(), share * sizes.seconds)))
+        ctx = Context(root, device, sizes, Budget(min(total.left(), share * sizes.seconds)), measured)
         log.info("%s on %s (%.0f s for it, %.0f s in all left)", bench, device, ctx.budget.left(),
                  total.left())
         if whole:
-            needs = min(20.0, ctx.budget.left() / 2)
+            needs = min(20.0, ctx.budget.left() / 2) if bench != "gpu-data" else 0.0
             yield from guarded(ctx, bench, "all", needs_s=needs, fn=lambda fn=fn, c=ctx: list(fn(c)))
         else:  # the section guards each of its rows
             yield from fn(ctx)

@@ -74,13 +74,16 @@ def reference_vit(checkpoint_path, patch=16, dim=384, *, depth=12, heads=6) -> R
 
 
 def embed_folder(root, model: ReferenceViT, batch_size: int = 16, *, num_workers: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", limit: int | None = None):
     """The reference embedding loop: ImageFolder + PIL, DataLoader(batch 16, no workers),
-    fp32 eager `forward_blocks`. Returns (embeddings [N, D], labels [N], paths)."""
+    fp32 eager `forward_blocks` (over the first `limit` images only, when given). Returns
+    (embeddings [N, D], labels [N], paths)."""
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
     data = ImageFolder(root, transform=REFERENCE_TRANSFORM)
+    if limit is not None:
+        data.samples, data.targets = data.samples[:limit], data.targets[:limit]
     loader = DataLoader(data, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     rows = []
     with torch.no_grad():

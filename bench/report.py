@@ -17,9 +17,12 @@ TITLES = {
     "active": "probe.active: rounds (select + fit) per strategy vs the reference's fit per round (rounds/s)",
     "e2e": "end to end: ImageFolder to probe curve",
     "probe-tol": "probe: each backend's answers at a tolerance, against a converged solve",
+    "gpu-data": "GPU bench set-up: ImageNet-like JPEGs generated and sharded (seconds)",
     "gpu-model": "GPU, model: bf16 + torch.compile at the auto batch vs fp32 eager at batch 16 (images/s)",
     "gpu-decode": "GPU, decode + resize + crop + normalize (images/s)",
-    "gpu-embed": "GPU, embed: shards to store vs the reference path on the same GPU (images/s)",
+    "gpu-fidelity": "GPU, each decoder's pixels and fp32 rows against the reference path's",
+    "gpu-embed": "GPU, embed: shards to store (until the rows are stored) vs the reference path on the "
+                 "same GPU (images/s)",
     "gpu-probe": "GPU, probe: few-shot fits on 1000 classes, D=1024 (fits/s)",
     "gpu-knn": "GPU, kNN and diagnostics on 100k x 1024 rows, against the same code on the CPU",
 }

@@ -5,7 +5,8 @@ class structure, and embeddings with the statistics of real ones.
 
 Each class has its own palette and stripe orientation under smooth random texture, so a
 probe on any reasonable embedding learns something; images are ImageNet-like (500x375
-by default, some portrait). `--broken N` adds N undecodable files to train/ (a truncated
+by default, some portrait; `--imagenet-sizes`: sizes, qualities, progressive and greyscale
+files spread as ImageNet's are). `--broken N` adds N undecodable files to train/ (a truncated
 JPEG, a text file with a .JPEG name, ...), so the shard report has something to report.
 """
 
@@ -21,7 +22,8 @@ from PIL import Image
 
 def synthetic_image(label: int, num_classes: int, rng: np.random.Generator, *,
                     size: tuple[int, int] = (500, 375)) -> Image.Image:
-    """One RGB image [h, w, 3] of class `label`: tinted texture plus oriented stripes."""
+    """One RGB image [h, w, 3] of class `label`: tinted texture plus oriented stripes (`size` or,
+    one time in five, its transpose)."""
     w, h = size if rng.random() > 0.2 else size[::-1]
     # classes overlap: a weak class colour under per-image colour noise, jittered stripe angles
     hue = label / num_classes + rng.normal(0, 0.08)
@@ -37,10 +39,43 @@ def synthetic_image(label: int, num_classes: int, rng: np.random.Generator, *,
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
-def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+def _jpeg(img: Image.Image, quality: int = 90, **options) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality, **options)
     return buf.getvalue()
+
+
+IMAGENET_SHORT_SIDES = (375, 375, 375, 333, 333, 357, 400, 281, 500)  # with 500 on the long side
+
+
+def imagenet_size(rng: np.random.Generator) -> tuple[int, int]:
+    """(w, h) drawn as ImageNet's train images are spread: about two in three 500 pixels on the
+    long side (mostly 500x375 or 375x500), a quarter smaller, a tail up to 2,000 pixels."""
+    u = rng.random()
+    if u < 0.65:
+        long, short = 500, int(rng.choice(IMAGENET_SHORT_SIDES))
+    elif u < 0.9:
+        long = int(rng.integers(160, 500))
+        short = int(long * rng.uniform(0.6, 1.0))
+    else:
+        long = int(np.exp(rng.uniform(np.log(501), np.log(2000))))
+        short = int(long * rng.uniform(0.6, 0.8))
+    return (long, short) if rng.random() < 0.75 else (short, long)
+
+
+def imagenet_like_jpeg(label: int, classes: int, rng: np.random.Generator) -> bytes:
+    """One JPEG as ImageNet's are: its size from imagenet_size, fine grain and quality 86-95
+    (about 110 KB on average, as ImageNet's 140 GB over 1.28M files), 4:2:0, one in 25
+    progressive and one in 50 greyscale."""
+    w, h = imagenet_size(rng)
+    img = synthetic_image(label, classes, rng, size=(max(w, h), min(w, h)))
+    if img.size != (w, h):
+        img = img.transpose(Image.Transpose.ROTATE_90)
+    grain = np.asarray(img, dtype=np.float32) + rng.normal(0, 10, (h, w, 3)).astype(np.float32)
+    img = Image.fromarray(np.clip(grain, 0, 255).astype(np.uint8))
+    if rng.random() < 0.02:
+        img = img.convert("L")
+    return _jpeg(img, int(rng.integers(86, 96)), progressive=bool(rng.random() < 0.04))
 
 
 def _broken(i: int, good: bytes) -> tuple[str, bytes]:
@@ -56,14 +91,16 @@ def _class_folder(args: tuple) -> None:
     rng = np.random.default_rng([seed, ("train", "val").index(split), c])
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(per_class):
-        (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(_jpeg(synthetic_image(c, classes, rng,
-                                                                                     size=size)))
+        data = imagenet_like_jpeg(c, classes, rng) if size == "imagenet" else \
+            _jpeg(synthetic_image(c, classes, rng, size=size))
+        (folder / f"{split}_{c:02d}_{i:04d}.JPEG").write_bytes(data)
 
 
 def make_image_folder(root: Path, classes: int = 10, train: int = 24, *, val: int = 8, broken: int = 2,
-                      seed: int = 0, size: tuple[int, int] = (500, 375), workers: int = 1) -> Path:
-    """root/{train,val}/class_XX/*.JPEG; returns root. Deterministic for a seed, for any
-    number of `workers` (each class folder has its own generator)."""
+                      seed: int = 0, size: tuple[int, int] | str = (500, 375), workers: int = 1) -> Path:
+    """root/{train,val}/class_XX/*.JPEG; returns root. Images are `size` (w, h), some portrait,
+    or with size "imagenet" as ImageNet's are (imagenet_like_jpeg). Deterministic for a seed, for
+    any number of `workers` (each class folder has its own generator)."""
     from msnpipe.pool import ordered_map, worker_pool
 
     jobs = [(root / split / f"class_{c:02d}", split, c, classes, n, seed, size)
@@ -110,8 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val", type=int, default=8, help="images per class in val/")
     p.add_argument("--broken", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--imagenet-sizes", action="store_true", help="sizes and encodings as ImageNet's")
     a = p.parse_args(argv)
-    make_image_folder(a.root, a.classes, a.train, val=a.val, broken=a.broken, seed=a.seed)
+    make_image_folder(a.root, a.classes, a.train, val=a.val, broken=a.broken, seed=a.seed,
+                      size="imagenet" if a.imagenet_sizes else (500, 375))
     print(f"{a.root}: {a.classes} classes, {a.train}+{a.val} images each, {a.broken} broken")
 
 
