@@ -56,6 +56,7 @@ ALL_ENCODERS = ("vits16_800ep", "vitl7_200ep", "vitb16_600ep", "vitl16_600ep", "
 REFERENCE_LOADER = "PIL + DataLoader(batch 16, 0 workers)"
 DECODER_ORDER = ("nvimgcodec", "dali", "torchvision", "torchvision-cpu")  # embed.pipeline names
 LARGE = ("vitl7_200ep", "vitl16_600ep", "vitb4_300ep")  # e2e over the smaller split
+HW_SHARES = (0.12, 0.5, 1.0)  # the hardware JPEG engines' shares the decode section also tries
 
 
 @dataclass(frozen=True)
@@ -241,19 +242,21 @@ def _open(shards: Path, split: str):
     return open_split(shards, split)
 
 
-def _batches(decoder: str, split, device: torch.device, *, batch: int, shards: int | None = None):
+def _batches(decoder: str, split, device: torch.device, *, batch: int, shards: int | None = None,
+             hw_share: float | None = None):
     from embed.encoders import Preprocess
-    from embed.pipeline import batches
+    from embed.pipeline import Tuning, batches
 
     tars, idxs = split.tar_paths()[:shards], split.idx_paths()[:shards]
     n = sum(len(split.shard_range(i)) for i in range(len(tars)))
     return batches(decoder, tars, idxs, order=np.arange(n), pre=Preprocess(), batch_size=batch, device=device,
-                   threads=CORES)
+                   threads=CORES, tuning=Tuning(hw_share=hw_share))
 
 
-def _consume(decoder: str, split, device: torch.device, *, batch: int) -> int:
+def _consume(decoder: str, split, device: torch.device, *, batch: int, hw_share: float | None = None) -> int:
     """Every sample of `split` through `decoder` to model-ready batches on `device`."""
-    return sum(int((b.indices >= 0).sum()) for b in _batches(decoder, split, device, batch=batch))
+    stream = _batches(decoder, split, device, batch=batch, hw_share=hw_share)
+    return sum(int((b.indices >= 0).sum()) for b in stream)
 
 
 def _reference_decode(images: Path, n: int) -> int:
@@ -354,6 +357,15 @@ def decode_rows(ctx: Context) -> list[Row]:
         t = measure(lambda d=decoder: _consume(d, train, dev, batch=batch), max(1, n - 1), sync=gpu)
         rows.append(Row("gpu-decode", case, dev.type, t.summary(), reference.summary(),
                         f"embed.pipeline {decoder}, batch {batch}", REFERENCE_LOADER, settings))
+        shares = (HW_SHARES if gpu else HW_SHARES[:1]) if decoder in ("nvimgcodec", "dali") else ()
+        for share in shares:  # (on the CPU, one run of the code: the shares apply on a GPU only)
+            if ctx.budget.left() < 10:
+                break
+            once = lambda d=decoder, h=share: _consume(d, train, dev, batch=batch, hw_share=h)  # noqa: E731
+            t = measure(once, 1, sync=gpu)
+            rows.append(Row("gpu-decode", f"{case}, --hw-share {share}", dev.type, t.summary(),
+                            reference.summary(), f"embed.pipeline {decoder}, batch {batch}, hw share {share}",
+                            REFERENCE_LOADER, settings | {"hw_share": share}))
     data = _raw(shards, min(ctx.sizes.small, 2000))
     for decoder, label in (("nvimgcodec", "nvImageCodec Decoder.decode"),
                            ("torchvision", "torchvision.io.decode_jpeg")):

@@ -66,8 +66,10 @@ def nvimgcodec_decoder(device_id: int | None, *, threads: int = 0, hw_share: flo
     """An nvImageCodec Decoder. `device_id` None: its CPU backend alone (libjpeg-turbo, PIL's
     pixels). A GPU: backends in order of preference, each taking its share of a batch and passing
     on what it refuses: a `cpu_share` on `threads` CPU threads (when above 0), the hardware JPEG
-    engines (a `hw_share` of what they accept), the CUDA decoder (progressive, odd subsampling),
-    the hybrid one. Fancy upsampling on: chroma upsampled as libjpeg (PIL) does."""
+    engines (a `hw_share` of what they accept), then GPU_ONLY and HYBRID_CPU_GPU (nvJPEG's CUDA
+    decoder is the hybrid backend: progressive files, odd subsampling and the rest go there).
+    Fancy upsampling on: chroma upsampled as libjpeg (PIL) does (nvJPEG's hardware and CUDA
+    decoders both take the flag)."""
     from nvidia import nvimgcodec as n
 
     options = ":fancy_upsampling=1"
