@@ -343,10 +343,10 @@ FIT_CASES_QUICK = ((100, 64, 3), (100, 384, 3))
 
 
 def _one_fit(backend: str, x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> int:
-    from probe.backends import fit_predict, one_blas_thread
+    from probe.backends import fit, one_blas_thread, predict_proba
 
     with one_blas_thread():
-        fit_predict(backend, x, y, x_test=x_test, C=1.0, max_iter=1000)
+        predict_proba(fit(backend, x, y, C=1.0, max_iter=1000), x_test)
     return 1
 
 

@@ -25,11 +25,11 @@ from embed.store import ORDERS, row_order
 from msnpipe.files import writable_dir
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, float_list, int_list, positive_float
-from probe.backends import BACKENDS, SOLVER_DTYPES, recorded_dtype, resolve
+from probe.backends import CHOICES, SOLVER_DTYPES, recorded_dtype, resolve
 from probe.data import ClassSampler, load_standardized, mean_std, open_pair
 from probe.fewshot import Protocol, run_curve, write_seed_layout
 from probe.multilabel import run_multilabel
-from probe.results import ResultFile
+from probe.results import ResultFile, group_identity
 
 log = logging.getLogger("probe")
 
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-iter", type=at_least(1), default=1000)
     p.add_argument("--tol", type=positive_float, default=1e-4,
                    help="stop when max |gradient| <= TOL (default 1e-4, scikit-learn's)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="auto: torch on a GPU, else numpy (see README for the measurements)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
@@ -71,11 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def identity(a: argparse.Namespace, train, test, *, proto: Protocol) -> dict:
     """Every setting that changes a number of fewshot.csv (seeds and counts only select rows)."""
-    return {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
-            "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-            "Cs": list(proto.Cs), "max_iter": proto.max_iter, "tol": proto.tol, "backend": proto.backend,
-            "solver_dtype": recorded_dtype(proto.backend, proto.device, proto.solver_dtype)} | (
-            {"order": a.order} if a.order != "index" else {})  # folders made before --order resume
+    order = {"order": a.order} if a.order != "index" else {}  # folders made before --order resume
+    dtype = recorded_dtype(proto.backend, proto.solver_dtype)
+    return group_identity(train, test, Cs=list(proto.Cs), max_iter=proto.max_iter, tol=proto.tol,
+                          backend=proto.backend, solver_dtype=dtype, **order)
 
 
 def run(a: argparse.Namespace) -> int:

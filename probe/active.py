@@ -37,8 +37,8 @@ import numpy as np
 from msnpipe.files import write_atomic
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, int_list, positive_float
-from probe.backends import BACKENDS
-from probe.results import ResultFile
+from probe.backends import CHOICES, class_positions
+from probe.results import ResultFile, group_identity
 
 log = logging.getLogger("probe")
 STRATEGY_NAMES = ("balanced", "random", "entropy", "margin", "coreset", "typiclust", "probcover", "bald",
@@ -48,7 +48,7 @@ NEED_A_MODEL = ("entropy", "margin", "bald", "epig")  # the names of STRATEGIES,
 
 @dataclass(frozen=True, kw_only=True)
 class Plan:
-    """What to run: strategies, seeds, the labels after each round, and the fit and its device."""
+    """What to run: strategies, seeds, the labels after each round, and the fit."""
 
     strategies: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -56,8 +56,7 @@ class Plan:
     budgets: tuple[int, ...]  # labels after each round; budgets[0] = init * classes
     C: float = 1.0
     max_iter: int = 1000
-    backend: str = "torch"
-    device: str = "cpu"
+    backend: str = "torch"  # the head's solver (it runs on the pool's device)
     samples: int = 20  # posterior draws for bald / epig
     targets: int = 100  # EPIG's target inputs, drawn from the test split
 
@@ -80,7 +79,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--pool-split", default="train")
     p.add_argument("--test-split", default="val")
     p.add_argument("--pool-max", type=int, default=100_000, help="subsample a larger pool (seeded)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--C", type=positive_float, default=1.0, help="inverse L2 weight of the head (default 1)")
@@ -167,64 +166,39 @@ def load_pool(train, test, *, pool_max: int, device: str, reference: dict) -> Po
     raw = train.rows(rows)  # [N, D]
     classes, labels = np.unique(train.labels[rows], return_inverse=True)
     test_std = load_standardized(test, mean, std)
-    pos = np.searchsorted(classes, test_std.y).clip(max=len(classes) - 1)
-    test_labels = np.where(classes[pos] == test_std.y, pos, -1)
+    test_labels = class_positions(classes, test_std.y)
     t = lambda a, dtype=torch.float64: torch.as_tensor(a, device=device, dtype=dtype)  # noqa: E731
     normalised = torch.nn.functional.normalize(t(raw, torch.float32), dim=1)  # geometry: float32 is plenty
     return Pool(rows, t(((raw - mean) / std).astype(np.float32)), normalised, labels,
                 t(test_std.x), t(test_labels, torch.long), len(classes), reference=reference)
 
 
-def _fit_estimator(plan: Plan, x, y: np.ndarray) -> tuple:
-    """(coef [k, D], intercept [k]) of scikit-learn's LogisticRegression on rows x [n, D] (a
-    tensor) with labels y in 0..k-1: fit by the numpy backend (scikit-learn's solve, probe.numpy_lr),
-    scikit-learn itself, or cuML (the same parameters and attributes)."""
-    import torch
-
-    from probe.backends import TOL, one_blas_thread
-
-    rows = x.cpu().numpy().astype(np.float32)  # [n, D], exactly what `python -m probe` fits
-    with one_blas_thread():
-        if plan.backend == "numpy":
-            from probe import numpy_lr
-
-            coef, inter, _ = numpy_lr.fit(rows, y, C=plan.C, max_iter=plan.max_iter, tol=TOL)
-        else:
-            if plan.backend == "cuml":
-                from cuml.linear_model import LogisticRegression
-            else:
-                from sklearn.linear_model import LogisticRegression
-            model = LogisticRegression(C=plan.C, max_iter=plan.max_iter).fit(rows, y)
-            coef, inter = model.coef_, model.intercept_
-    coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype).reshape(-1, *shape)
-                   for v, shape in ((coef, (x.shape[1],)), (inter, ())))
-    if coef.shape[0] == 1:  # scikit-learn's binary parametrization: class 0 at zero
-        coef, inter = torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(inter), inter])
-    return coef, inter
-
-
 def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
     """(the head fit on pool positions `at`, seconds): scikit-learn's objective at plan.C over the
-    classes those rows hold, by the torch solver or a CPU backend (_fit_estimator), as a Head over
-    all the pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
+    classes those rows hold (probe.backends: the torch solver on the pool's device, a CPU backend
+    on the rows rounded to float32, exactly what `python -m probe` fits), as a Head over all the
+    pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
     give the constant head that always answers it."""
     import torch
 
+    from probe import backends
     from probe.strategies import Head
 
     t = time.perf_counter()
     x = pool.features[at]  # [n, D]
-    seen, y = np.unique(pool.labels[at], return_inverse=True)
+    labels = pool.labels[at]
+    seen = np.unique(labels)
     if len(seen) == 1:
         coef, inter = x.new_zeros(1, x.shape[1]), x.new_zeros(1)
     elif plan.backend == "torch":
-        from probe import torch_lr
-
-        fit = torch_lr.fit_many(x[None], torch.as_tensor(y, device=x.device)[None], torch.tensor([plan.C]),
-                                num_classes=len(seen), max_iter=plan.max_iter)
-        coef, inter = fit.weights[0], fit.bias[0]  # [k, D], [k]
+        fitted = backends.fit("torch", x, labels, C=plan.C, max_iter=plan.max_iter, device=str(x.device))
+        coef, inter = fitted.coef, fitted.intercept  # [k, D], [k]
     else:
-        coef, inter = _fit_estimator(plan, x, y)
+        with backends.one_blas_thread():
+            fitted = backends.fit(plan.backend, x.cpu().numpy().astype(np.float32), labels, C=plan.C,
+                                  max_iter=plan.max_iter)
+        coef, inter = (torch.as_tensor(np.asarray(v), device=x.device, dtype=x.dtype)
+                       for v in (fitted.coef, fitted.intercept))
     weight = torch.zeros(pool.classes, x.shape[1], dtype=x.dtype, device=x.device)
     bias = torch.full((pool.classes,), -1e9, dtype=x.dtype, device=x.device)
     index = torch.as_tensor(seen, device=x.device)
@@ -300,7 +274,7 @@ def next_set(strategy: str, seed: int, round_: int, *, pool: Pool, plan: Plan, p
 
 def score_head(head, pool: Pool) -> tuple[float, float]:
     """(accuracy, log-likelihood) on the test split, as scikit-learn computes them."""
-    from probe.torch_lr import score_logits
+    from probe.backends import score_logits
 
     return score_logits(head.logits(pool.test_features), pool.test_labels)
 
@@ -364,11 +338,9 @@ def run(a: argparse.Namespace) -> list[dict]:
     pool = load_pool(train, test, pool_max=a.pool_max, device=device,
                      reference=reference_draws(train.labels, a.seeds, counts))
     plan = Plan(strategies=a.strategy_list, seeds=a.seeds, init=a.init, budgets=budgets, C=a.C,
-                max_iter=a.max_iter, backend=backend, device=device, samples=a.samples, targets=a.targets)
-    ident = {"encoder": a.encoder, "pool_split": a.pool_split, "test_split": a.test_split,
-             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-             "budgets": list(budgets), "pool_max": a.pool_max, "C": a.C, "max_iter": a.max_iter,
-             "backend": backend, "samples": a.samples, "targets": a.targets}
+                max_iter=a.max_iter, backend=backend, samples=a.samples, targets=a.targets)
+    ident = group_identity(train, test, train_key="pool_split", budgets=list(budgets), pool_max=a.pool_max,
+                           C=a.C, max_iter=a.max_iter, backend=backend, samples=a.samples, targets=a.targets)
     rows = []
     with ResultFile.open(a.out, "active", ident, settings=vars(a)) as results:
         for strategy in plan.strategies:

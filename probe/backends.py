@@ -1,36 +1,104 @@
-"""Multinomial L2 logistic regression on one backend: scikit-learn, numpy, cuML, or torch.
+"""Multinomial L2 logistic regression: the one home of fitting a linear head and scoring it.
 
-    fit = fit_predict("sklearn", x_train, y_train, x_test, C=1.0, max_iter=1000)
-    fit.probs [N_test, K], fit.classes [K], fit.n_iter
+    head = fit("numpy", x, y, C=1.0, max_iter=1000)   # Head: coef [K, D], intercept [K], classes [K]
+    heads = fit_batch(xs, ys, Cs, classes=classes, device="cuda")  # torch: P problems, one solve
+    probs = predict_proba(head, x_test)               # [N, K], as scikit-learn's predict_proba
+    acc, loglik = score(head, x_test, y_test)         # scikit-learn's accuracy and -log_loss
+    positions = class_positions(head.classes, y_test) # [N] rows of head.classes, -1 where absent
 
-All minimise scikit-learn's objective, C * sum(log loss) + ||W||^2 / 2 with an unpenalized
-intercept (or none), and stop when max |gradient| of the mean-scaled objective <= tol:
-scikit-learn (lbfgs, the CPU), numpy (probe.numpy_lr: scikit-learn's lbfgs solve with a
-faster loss, the CPU), cuML (a GPU), torch (probe.torch_lr: a batched L-BFGS, CPU or GPU, that
-fits many problems at once). `auto` is the measured fastest here: see `resolve`.
+Every backend minimises scikit-learn's objective, C * sum(log loss) + ||W||^2 / 2 with an
+unpenalized intercept (or none), and stops when max |gradient| of the mean-scaled objective
+<= tol: scikit-learn (lbfgs, the CPU), numpy (probe.numpy_lr: scikit-learn's lbfgs solve with
+a faster loss, the CPU), cuML (a GPU), torch (probe.torch_lr: a batched L-BFGS, CPU or GPU,
+that fits many problems at once). `auto` is the measured fastest here: see `resolve`.
+
+A Head always has one row per class: scikit-learn's binary fit (one weight vector w) is the
+head [0, w], whose softmax is scikit-learn's [1 - sigmoid, sigmoid]. Its arrays are numpy
+(scikit-learn, numpy, cuML) or torch tensors on the solve's device (torch); `logits`,
+`predict_proba` and `score` take rows of the same kind. Logits are computed in the rows'
+precision for numpy heads (float32 rows: float32 coefficients, as scikit-learn's
+decision_function does), in the head's for torch ones.
+
+Adding a backend: a `fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype) ->
+(coef, intercept, n_iter)` function (codes in 0..K-1, every class present; coef [K, D] or [1, D]
+for two classes), and a Backend entry in BACKENDS.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
-from typing import NamedTuple
+import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from msnpipe.runtime import UserError, cuda_available
 
-BACKENDS = ("auto", "sklearn", "numpy", "torch", "cuml")
-POOLED_BACKENDS = ("sklearn", "numpy")  # one fit at a time on the CPU: fits go to worker processes
 TOL = 1e-4  # scikit-learn's default tol, for every backend
+SOLVER_DTYPES = ("auto", "float32", "float64")
 log = logging.getLogger("probe")
 
 
-class Fit(NamedTuple):
-    """Test probabilities [N, K] over `classes` [K], and the solver's iterations."""
+@dataclass(frozen=True)
+class Backend:
+    """One solver: where its fit is, whether its fits go one per worker process (a CPU solve
+    that runs one fit at a time), and what it needs to run."""
 
-    probs: np.ndarray
-    classes: np.ndarray
-    n_iter: int | None
+    name: str
+    title: str  # how messages name it
+    fit: str  # "module:function"
+    pooled: bool = False
+    needs_cuda: bool = False
+    needs: str | None = None  # a package it imports
+
+    def unusable(self) -> str | None:
+        """Why this backend cannot run here, or None."""
+        if self.needs and not _imports(self.needs):
+            return f"{self.needs} is not installed"
+        if self.needs_cuda and not cuda_available():
+            return "no GPU here"
+        return None
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("sklearn", "scikit-learn", "probe.backends:_sklearn_fit", pooled=True),
+    Backend("numpy", "numpy", "probe.numpy_lr:fit", pooled=True),
+    Backend("torch", "torch", "probe.torch_lr:fit"),
+    Backend("cuml", "cuML", "probe.backends:_cuml_fit", needs_cuda=True, needs="cuml"),
+)}
+CHOICES = ("auto", *BACKENDS)
+POOLED_BACKENDS = tuple(n for n, b in BACKENDS.items() if b.pooled)
+
+
+def _imports(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # cuML raises more than ImportError without a driver
+        return False
+    return True
+
+
+def cuml_available() -> bool:
+    """cuML imports and a CUDA device is present."""
+    return BACKENDS["cuml"].unusable() is None
+
+
+def resolve(backend: str) -> str:
+    """`auto`: torch on a CUDA machine (one batched solve per label count; bench/results has the
+    figures), numpy on the CPU (scikit-learn's solve: a fit measured 1.1-2.9x faster than
+    scikit-learn's own with many classes or a small D, 0.97x at 1000 classes and D=1024, within
+    noise). A backend that cannot run here is an error."""
+    if backend == "auto":
+        return "torch" if cuda_available() else "numpy"
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; one of {', '.join(CHOICES)}")
+    if (why := BACKENDS[backend].unusable()) is not None:
+        raise UserError(f"--backend {backend}: {BACKENDS[backend].title} cannot run here ({why}); use "
+                        "--backend torch or sklearn"
+                        + (", or install RAPIDS (environment.yaml)" if backend == "cuml" else ""))
+    return backend
 
 
 def one_blas_thread():
@@ -42,35 +110,7 @@ def one_blas_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def cuml_available() -> bool:
-    """cuML imports and a CUDA device is present."""
-    try:
-        import cuml  # noqa: F401
-        import torch
-    except Exception:  # cuML raises more than ImportError without a driver
-        return False
-    return torch.cuda.is_available()
-
-
-def resolve(backend: str) -> str:
-    """`auto`: torch on a CUDA machine (one batched solve per label count; bench/results has the
-    figures), numpy on the CPU (scikit-learn's solve: a fit measured 1.1-2.9x faster than
-    scikit-learn's own with many classes or a small D, 0.97x at 1000 classes and D=1024, within
-    noise). `cuml` without cuML is an error."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; one of {', '.join(BACKENDS)}")
-    if backend == "auto":
-        return "torch" if cuda_available() else "numpy"
-    if backend == "cuml" and not cuml_available():
-        raise UserError("--backend cuml: cuML cannot run here (not installed, or no GPU); "
-                        "use --backend torch or sklearn, or install RAPIDS (environment.yaml)")
-    return backend
-
-
-SOLVER_DTYPES = ("auto", "float32", "float64")
-
-
-def torch_dtype(device: str, requested: str = "auto"):
+def torch_dtype(requested: str = "auto"):
     """The torch backend's precision: float64 unless `requested` names another. Measured on an
     H200: float32 stops up to 0.025 in log-likelihood from a converged solve (the parity bar is
     0.01), while a float64 iteration cost about what a float32 one did (bench/results)."""
@@ -79,47 +119,145 @@ def torch_dtype(device: str, requested: str = "auto"):
     return torch.float64 if requested == "auto" else getattr(torch, requested)
 
 
-def recorded_dtype(backend: str, device: str, requested: str = "auto") -> str | None:
+def recorded_dtype(backend: str, requested: str = "auto") -> str | None:
     """The solver precision a result records: torch's always; for the other backends the one
     asked for, or None for `auto`, the rows' own (float32 from a store), as scikit-learn fits."""
     if backend == "torch":
-        return str(torch_dtype(device, requested))
+        return str(torch_dtype(requested))
     return None if requested == "auto" else requested
 
 
-def fit_predict(backend: str, x: np.ndarray, y: np.ndarray, *, x_test: np.ndarray, C: float,
-                max_iter: int, fit_intercept: bool = True, device: str = "cpu", tol: float = TOL,
-                solver_dtype: str = "auto") -> Fit:
-    """Fit on (x [n, D], y [n]); return test probabilities, classes and iterations. `solver_dtype`:
-    the precision to solve in (`auto`: float64 for torch, the rows' own for the others)."""
+@dataclass
+class Head:
+    """A fitted linear head: logits = x @ coef.T + intercept over `classes` [K] (the labels it
+    was fit on, sorted); coef [K, D], intercept [K], numpy arrays or torch tensors."""
+
+    coef: Any
+    intercept: Any
+    classes: np.ndarray
+    n_iter: int | None = None
+
+
+def _full(coef, intercept):
+    """scikit-learn's binary (coef [1, D], intercept [1]) as the two-row head [0, w]; others as they are."""
+    if coef.shape[0] != 1:
+        return coef, intercept
+    if isinstance(coef, np.ndarray):
+        return (np.concatenate([np.zeros_like(coef), coef]),
+                np.concatenate([np.zeros_like(intercept), intercept]))
+    import torch
+
+    return torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(intercept), intercept])
+
+
+def _sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype):
+    from sklearn.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol).fit(x, codes)
+    return model.coef_, np.atleast_1d(model.intercept_), int(model.n_iter_[0])
+
+
+def _cuml_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype):
+    import cupy as cp
+    from cuml.linear_model import LogisticRegression
+
+    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, penalty="l2", tol=tol,
+                               output_type="numpy")
+    model.fit(cp.asarray(x), cp.asarray(codes))
+    n_iter = getattr(model, "n_iter_", None)
+    intercept = np.atleast_1d(np.asarray(model.intercept_)) if fit_intercept else np.zeros(1)
+    coef = np.asarray(model.coef_)
+    return coef, np.broadcast_to(intercept, (coef.shape[0],)).copy(), (int(np.ravel(n_iter)[0])
+                                                                       if n_iter is not None else None)
+
+
+def fit(backend: str, x, y: np.ndarray, *, C: float, max_iter: int, fit_intercept: bool = True,
+        device: str = "cpu", tol: float = TOL, solver_dtype: str = "auto") -> Head:
+    """The head fit on rows x [n, D] (numpy; torch also takes a tensor) with labels y [n], over
+    the classes of y. `solver_dtype`: the precision to solve in (`auto`: float64 for torch, the
+    rows' own for the others)."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; one of {', '.join(CHOICES)}")
+    classes, codes = np.unique(np.asarray(y), return_inverse=True)
     if backend != "torch" and solver_dtype != "auto":
-        x, x_test = x.astype(solver_dtype), x_test.astype(solver_dtype)
-    if backend == "sklearn":
-        from sklearn.linear_model import LogisticRegression
+        x = x.astype(solver_dtype)
+    module, function = BACKENDS[backend].fit.split(":")
+    solve = getattr(importlib.import_module(module), function)
+    dtype = torch_dtype(solver_dtype) if backend == "torch" else None
+    coef, intercept, n_iter = solve(x, codes, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept,
+                                    device=device, dtype=dtype)
+    return Head(*_full(coef, intercept), classes, n_iter)
 
-        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol)
-        model.fit(x, y)
-        return Fit(model.predict_proba(x_test), model.classes_, int(model.n_iter_[0]))
-    if backend == "numpy":
-        from probe import numpy_lr
 
-        return Fit(*numpy_lr.fit_predict(x, y, x_test, C=C, max_iter=max_iter, tol=tol,
-                                         fit_intercept=fit_intercept))
-    if backend == "torch":
-        from probe import torch_lr
+def fit_batch(xs, ys, Cs, *, classes: np.ndarray, max_iter: int, tol: float = TOL, device: str = "cpu",
+              dtype=None) -> list[Head]:
+    """P problems in one torch solve: rows xs [P, n, D] (a tensor), class positions ys [P, n] in
+    0..K-1 (every class present in each), one C each; a Head for each (torch tensors)."""
+    import torch
 
-        probs, classes, n_iter = torch_lr.fit_predict(x, y, x_test, C=C, max_iter=max_iter, tol=tol,
-                                                      fit_intercept=fit_intercept, device=device,
-                                                      dtype=torch_dtype(device, solver_dtype))
-        return Fit(probs, classes, n_iter)
-    if backend == "cuml":
-        import cupy as cp
-        from cuml.linear_model import LogisticRegression
+    from probe import torch_lr
 
-        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, penalty="l2",
-                                   tol=tol, output_type="numpy")
-        model.fit(cp.asarray(x), cp.asarray(y))
-        n_iter = getattr(model, "n_iter_", None)
-        return Fit(np.asarray(model.predict_proba(cp.asarray(x_test))), np.asarray(model.classes_),
-                   int(np.ravel(n_iter)[0]) if n_iter is not None else None)
-    raise UserError(f"unknown backend {backend!r}")
+    fit = torch_lr.fit_many(xs, ys, torch.as_tensor(Cs, dtype=torch.float64), num_classes=len(classes),
+                            max_iter=max_iter, tol=tol)
+    bias = fit.bias if fit.bias is not None else torch.zeros(fit.weights.shape[:2]).to(fit.weights)
+    return [Head(fit.weights[i], bias[i], classes, int(fit.n_iter[i])) for i in range(len(fit.weights))]
+
+
+def logits(head: Head, x):
+    """[N, K] for rows x [N, D]: numpy heads in the rows' precision (scikit-learn's
+    decision_function), torch heads in theirs."""
+    if isinstance(head.coef, np.ndarray):
+        dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
+        return x.astype(dtype, copy=False) @ head.coef.T.astype(dtype) + head.intercept.astype(dtype)
+    return x.to(head.coef) @ head.coef.T + head.intercept
+
+
+def predict_proba(head: Head, x) -> np.ndarray:
+    """scikit-learn's `predict_proba` [N, K] (float64, numpy) for rows x [N, D]."""
+    z = logits(head, x)
+    if isinstance(z, np.ndarray):
+        from scipy.special import softmax
+
+        return softmax(z.astype(np.float64), axis=1)
+    import torch
+
+    return torch.softmax(z.double(), -1).cpu().numpy()
+
+
+def class_positions(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The row of `classes` (sorted) holding each label of y [N], -1 for a label it lacks."""
+    position = np.searchsorted(classes, y).clip(max=max(len(classes) - 1, 0))
+    return np.where(classes[position] == y, position, -1) if len(classes) else np.full(len(y), -1)
+
+
+def score_logits(z, positions) -> tuple[float, float]:
+    """(accuracy, log-likelihood) of logits z [N, K] (numpy, or torch on any device) against
+    class positions [N] of the same kind, as scikit-learn's accuracy and -log_loss compute them
+    (float64, probabilities clipped to [eps, 1 - eps]); position -1, a class the head never saw,
+    is never right and scores eps."""
+    eps = np.finfo(np.float64).eps
+    if isinstance(z, np.ndarray):
+        from scipy.special import log_softmax
+
+        logp = log_softmax(z.astype(np.float64), axis=1)
+        picked = np.take_along_axis(logp, positions.clip(0)[:, None], 1)[:, 0]
+        picked = np.where(positions >= 0, picked, math.log(eps))
+        loglik = np.clip(picked, math.log(eps), math.log1p(-eps)).mean()
+        return float(np.mean(z.argmax(1) == positions)), float(loglik)
+    import torch
+
+    z = z.double()
+    picked = torch.log_softmax(z, -1).gather(-1, positions.clamp_min(0)[:, None])[:, 0]
+    picked = torch.where(positions >= 0, picked, torch.full_like(picked, math.log(eps)))
+    loglik = picked.clamp(math.log(eps), math.log1p(-eps)).mean()
+    return float((z.argmax(-1) == positions).double().mean()), float(loglik)
+
+
+def score(head: Head, x, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, log-likelihood) of the head on rows x [N, D] with labels y [N] (numpy)."""
+    positions = class_positions(head.classes, np.asarray(y))
+    if not isinstance(head.coef, np.ndarray):
+        import torch
+
+        positions = torch.as_tensor(positions, device=head.coef.device)
+    return score_logits(logits(head, x), positions)

@@ -27,7 +27,8 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
-from probe.backends import POOLED_BACKENDS, fit_predict, one_blas_thread, torch_dtype
+from probe import backends
+from probe.backends import POOLED_BACKENDS, one_blas_thread, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
@@ -69,14 +70,6 @@ def draws(sampler: ClassSampler, seed: int, per_class: tuple[int, ...]) -> Itera
         inds = sampler.draw(n, rng)
         if n in wanted:
             yield n, inds
-
-
-def score(probs: np.ndarray, classes: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, log-likelihood = minus log loss) of test probabilities [N, K]."""
-    from sklearn.metrics import log_loss
-
-    acc = float(np.mean(classes[probs.argmax(1)] == y))
-    return acc, float(-log_loss(y, probs, labels=classes))
 
 
 def _key(encoder: str, t: Task) -> dict:
@@ -130,9 +123,10 @@ def _fit_score(task: tuple, test: Standardized | None = None) -> tuple[float, fl
     with warnings.catch_warnings(), one_blas_thread():
         # one label per class is a few-shot curve's point, not a regression problem
         warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        fit = fit_predict(backend, x, y, x_test=test.x, C=C, max_iter=max_iter, tol=tol, solver_dtype=dtype)
-    acc, loglik = score(fit.probs, fit.classes, test.y)
-    return acc, loglik, time.perf_counter() - t, fit.n_iter
+        head = backends.fit(backend, x, y, C=C, max_iter=max_iter, tol=tol, solver_dtype=dtype)
+    x_test = test.x if backend == "torch" or dtype == "auto" else test.x.astype(dtype)
+    acc, loglik = backends.score(head, x_test, test.y)
+    return acc, loglik, time.perf_counter() - t, head.n_iter
 
 
 def _fits(train: EmbeddingSet, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
@@ -215,14 +209,8 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: 
     """The torch backend: every seed and C of one label count solved as one batch."""
     import torch
 
-    from probe import torch_lr
-
-    device, dtype = proto.device, torch_dtype(proto.device, proto.solver_dtype)
+    device, dtype = proto.device, torch_dtype(proto.solver_dtype)
     x_test = torch.as_tensor(test.x, device=device, dtype=dtype)
-    position = np.searchsorted(classes, test.y)
-    y_test = np.where((position < len(classes)) & (classes[position.clip(max=len(classes) - 1)] == test.y),
-                      position, -1)
-    y_test = torch.as_tensor(y_test, device=device)
     rows = []
     for n in dict.fromkeys(t.n for t in tasks):
         same_n = [t for t in tasks if t.n == n]
@@ -232,20 +220,19 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: 
             union = np.concatenate([t.indices for t in chunk])
             x = read_rows(train, union, mean, std=std).reshape(len(chunk), -1, train.shape[1])  # [P, n*K, D]
             y = np.searchsorted(classes, train.labels[union]).reshape(len(chunk), -1)
-            fit = torch_lr.fit_many(torch.as_tensor(x, device=device, dtype=dtype),
-                                    torch.as_tensor(y, device=device),
-                                    torch.tensor([t.C for t in chunk],
-                                                 dtype=torch.float64), num_classes=len(classes),
-                                    max_iter=proto.max_iter, tol=proto.tol)
-            scores = [torch_lr.score(fit, i, x_test, y=y_test) for i in range(len(chunk))]
+            heads = backends.fit_batch(torch.as_tensor(x, device=device, dtype=dtype),
+                                       torch.as_tensor(y, device=device), [t.C for t in chunk],
+                                       classes=classes, max_iter=proto.max_iter, tol=proto.tol)
+            scores = [backends.score(head, x_test, test.y) for head in heads]
             each = (time.perf_counter() - start) / len(chunk)  # the batch's time, shared evenly
-            for i, (t, (acc, loglik)) in enumerate(zip(chunk, scores)):
+            for t, head, (acc, loglik) in zip(chunk, heads, scores):
                 rows.append(_row(train.encoder, t, acc, loglik=loglik, backend="torch", seconds=each,
-                                 n_iter=int(fit.n_iter[i])))
+                                 n_iter=head.n_iter))
                 results.append(rows[-1])
             accs = [r["test_acc"] for r in rows[-len(chunk):]]
+            iters = [h.n_iter for h in heads]
             log.info("%d per class: %d fits in one batch, %.1f s, iterations %d-%d, accuracy %.3f-%.3f", n,
-                     len(chunk), each * len(chunk), fit.n_iter.min(), fit.n_iter.max(), min(accs), max(accs))
+                     len(chunk), each * len(chunk), min(iters), max(iters), min(accs), max(accs))
     return rows
 
 

@@ -23,7 +23,7 @@ from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import int_list, positive_float
 from probe.data import open_pair
-from probe.results import ResultFile
+from probe.results import ResultFile, group_identity
 
 if TYPE_CHECKING:  # torch is imported where neighbours are found, so --help answers at once
     import torch
@@ -145,9 +145,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                         f"ask for k <= {train.shape[0]}")
     if a.out is None:
         return evaluate(train, test, a.ks, temperature=a.temperature, device=device)
-    ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
-             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-             "temperature": a.temperature}
+    ident = group_identity(train, test, temperature=a.temperature)
     with ResultFile.open(a.out, "knn", ident, settings=vars(a)) as results:
         ks = tuple(k for k in a.ks if not results.has({"encoder": a.encoder, "k": k}))
         rows = evaluate(train, test, ks, temperature=a.temperature, device=device) if ks else []

@@ -27,10 +27,9 @@ import numpy as np
 from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError, command, few, pick_device
 from probe.args import at_least, positive_float
-from probe.backends import BACKENDS, fit_predict, resolve
+from probe.backends import CHOICES, fit, resolve, score
 from probe.data import open_pair
-from probe.fewshot import score
-from probe.results import ResultFile
+from probe.results import ResultFile, group_identity
 
 log = logging.getLogger("probe")
 LAMBD = 0.00025
@@ -87,12 +86,12 @@ def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: 
     x = train.rows(idx)  # [n, D]
     test_x = np.concatenate([b for _, b in test.row_blocks()])
     t = time.perf_counter()
-    fit = fit_predict(backend, center_normalize(x), train.labels[idx], x_test=center_normalize(test_x),
-                      C=1.0 / lambd, max_iter=max_iter, fit_intercept=False, device=device)
-    top1, _ = score(fit.probs, fit.classes, test.labels.astype(np.int64))
+    head = fit(backend, center_normalize(x), train.labels[idx], C=1.0 / lambd, max_iter=max_iter,
+               fit_intercept=False, device=device)
+    top1, _ = score(head, center_normalize(test_x), test.labels.astype(np.int64))
     return {"encoder": train.encoder, "subset": subset_name(subset), "images": len(idx), "lambd": lambd,
             "top1": top1, "backend": backend, "fit_seconds": round(time.perf_counter() - t, 3),
-            "n_iter": fit.n_iter}
+            "n_iter": head.n_iter}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -105,7 +104,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-split", default="val")
     p.add_argument("--lambd", type=positive_float, default=LAMBD, help="L2 weight, default 0.00025")
     p.add_argument("--max-iter", type=at_least(1), default=1000)
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--out", type=Path, default=None, help="append results to OUT/msn.csv")
@@ -122,9 +121,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                                backend=backend, device=device)
     if a.out is None:
         return [fit(s) for s in a.subset]
-    ident = {"encoder": a.encoder, "train_split": a.train_split, "test_split": a.test_split,
-             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-             "lambd": a.lambd, "max_iter": a.max_iter, "backend": backend}
+    ident = group_identity(train, test, lambd=a.lambd, max_iter=a.max_iter, backend=backend)
     rows = []
     with ResultFile.open(a.out, "msn", ident, settings=vars(a)) as results:
         for s in a.subset:

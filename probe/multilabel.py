@@ -23,9 +23,9 @@ import numpy as np
 
 from embed.store import EmbeddingSet
 from msnpipe.runtime import UserError
-from probe.backends import fit_predict
+from probe.backends import fit, predict_proba
 from probe.data import load_standardized, mean_std
-from probe.results import ResultFile
+from probe.results import ResultFile, group_identity
 
 log = logging.getLogger("probe")
 
@@ -49,8 +49,8 @@ def one_vs_rest(backend: str, x: np.ndarray, y: np.ndarray, *, x_test: np.ndarra
         if y[:, c].min() == y[:, c].max():  # a class with no positives (or no negatives) in train
             scores[:, c] = float(y[0, c])
             continue
-        fit = fit_predict(backend, x, y[:, c], x_test=x_test, C=C, max_iter=max_iter, device=device)
-        scores[:, c] = fit.probs[:, list(fit.classes).index(1)]
+        head = fit(backend, x, y[:, c], C=C, max_iter=max_iter, device=device)
+        scores[:, c] = predict_proba(head, x_test)[:, list(head.classes).index(1)]
     return scores
 
 
@@ -65,9 +65,7 @@ def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, 
     mean, std = mean_std(train)
     tr, te = load_standardized(train, mean, std), load_standardized(test, mean, std)
     y, y_test = train.labels, test.labels
-    ident = {"encoder": train.encoder, "train_split": train.split, "test_split": test.split,
-             "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
-             "max_iter": max_iter, "backend": backend}
+    ident = group_identity(train, test, max_iter=max_iter, backend=backend)
     rows = []
     with ResultFile.open(out, "multilabel", ident) as results:
         for C in (C for C in Cs if not results.has({"encoder": train.encoder, "C": C})):

@@ -1,8 +1,7 @@
 """scikit-learn's multinomial lbfgs fit, with a faster loss: `--backend numpy`.
 
     coef, intercept, n_iter = fit(x, y, C=1.0, max_iter=1000, tol=1e-4)   # x [n, D], y [n] in 0..K-1
-    probs = predict_proba(x_test, coef, intercept)                          # [N, K]
-    probs, classes, n_iter = fit_predict(x, y, x_test, C=1.0, max_iter=1000, tol=1e-4)  # any labels
+    # probe.backends.fit("numpy", ...) makes a Head of them, predicts and scores it
 
 The solve is scikit-learn's `LogisticRegression(C).fit` with lbfgs, step for step: the same
 objective (mean log-loss + ||W||^2 / (2 C n), unpenalized intercept), the same start (zeros),
@@ -81,10 +80,11 @@ class MultinomialLoss:
 
 
 def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float,
-        fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
+        fit_intercept: bool = True, device: str = "cpu", dtype=None) -> tuple[np.ndarray, np.ndarray, int]:
     """scikit-learn's (coef_, intercept_, n_iter_) of `LogisticRegression(C)` fit on x [n, D] with
     labels y [n] in 0..K-1, every one present: coef [K, D] and intercept [K], or [1, D] and [1]
-    for two classes (scikit-learn's own binary fit)."""
+    for two classes (scikit-learn's own binary fit). On the CPU, in the rows' precision
+    (`device` and `dtype` are probe.backends' common arguments)."""
     classes, dim = int(y.max()) + 1, x.shape[1]
     if classes < 3:
         from sklearn.linear_model import LogisticRegression
@@ -102,26 +102,3 @@ def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float,
     w = result.x.reshape((classes, dof), order="F")
     intercept = w[:, dim] if fit_intercept else np.zeros(classes)
     return w[:, :dim], intercept, min(int(result.nit), max_iter)
-
-
-def predict_proba(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    """scikit-learn's `predict_proba` [N, K] (float64) for rows x [N, D]: the logits in the rows'
-    precision, as its decision_function computes them (float32 rows: float32 coefficients),
-    then the softmax, or [1 - p, p] with p = sigmoid(logit) for a binary coef [1, D]."""
-    from scipy.special import expit, softmax
-
-    dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
-    logits = (x.astype(dtype, copy=False) @ coef.T.astype(dtype) + intercept.astype(dtype)).astype(np.float64)
-    if coef.shape[0] == 1:  # [N, 1]
-        p = expit(logits[:, 0])
-        return np.stack([1 - p, p], 1)
-    return softmax(logits, axis=1)  # [N, K]
-
-
-def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, max_iter: int,
-                tol: float, fit_intercept: bool = True) -> tuple[np.ndarray, np.ndarray, int]:
-    """(test probabilities [N, K], classes [K], iterations) of the fit on (x, y), over the
-    classes of y in sorted order, as scikit-learn's `predict_proba` gives them."""
-    classes, codes = np.unique(y, return_inverse=True)
-    coef, intercept, n_iter = fit(x, codes, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept)
-    return predict_proba(x_test, coef, intercept), classes, n_iter

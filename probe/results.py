@@ -145,6 +145,17 @@ class ResultFile:
         self.done.add(_key(row, self.key))
 
 
+def group_identity(train, test, *, train_key: str = "train_split", **settings) -> dict:
+    """What a result file's numbers were computed from: the encoder, both splits (`train_key`
+    names the first: probe.active's is its pool) and the identities of their store groups,
+    then the settings that change a number (seeds and counts, which only select rows, are keys
+    of the rows instead). Every probe command records this in <kind>.json and resumes only where
+    it is the same."""
+    return {"encoder": train.encoder, train_key: train.split, "test_split": test.split,
+            "train_identity": train.attrs.get("identity"), "test_identity": test.attrs.get("identity"),
+            **settings}
+
+
 def check_identity(record: Path, rows: Path, identity: dict) -> bool:
     """Refuse rows made with other settings; return whether the result file is new."""
     if record.exists():

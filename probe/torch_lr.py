@@ -2,7 +2,7 @@
 
     fit = fit_many(x, y, Cs, num_classes=K)   # x [P, n, D], y [P, n] in 0..K-1, Cs [P]
     fit.weights [P, K, D], fit.bias [P, K], fit.n_iter [P], fit.converged [P]
-    acc, loglik = score(fit, 0, x_test, y_test)  # problem 0 on the test split
+    z = logits(fit, 0, x_test)                 # problem 0's logits; probe.backends scores them
 
 Each problem p minimises scikit-learn's `LogisticRegression(C)` objective (lbfgs):
 
@@ -18,7 +18,6 @@ last ones do not pay for the rest. One batch needs the n rows of every problem o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,30 +177,13 @@ def logits(fit: BatchFit, i: int, x: torch.Tensor) -> torch.Tensor:
     return z + fit.bias[i] if fit.bias is not None else z
 
 
-def score_logits(z: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, log-likelihood) of logits z [N, K] against labels y [N] (0..K-1, -1 for a class
-    the model never saw), as scikit-learn's accuracy and -log_loss compute them (probabilities
-    clipped to [eps, 1 - eps] of float64)."""
-    z = z.double()
-    acc = (z.argmax(-1) == y).double().mean()
-    logp = torch.log_softmax(z, -1).gather(-1, y.clamp_min(0)[:, None])[:, 0]
-    eps = np.finfo(np.float64).eps
-    logp = torch.where(y >= 0, logp, torch.full_like(logp, math.log(eps)))
-    return float(acc), float(logp.clamp(math.log(eps), math.log1p(-eps)).mean())
-
-
-def score(fit: BatchFit, i: int, x: torch.Tensor, *, y: torch.Tensor) -> tuple[float, float]:
-    """(accuracy, log-likelihood) of problem i on rows x [N, D] with labels y [N]: score_logits."""
-    return score_logits(logits(fit, i, x), y)
-
-
-def fit_predict(x: np.ndarray, y: np.ndarray, x_test: np.ndarray, *, C: float, max_iter: int,
-                fit_intercept: bool = True, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float64, tol: float = 1e-4) -> tuple[np.ndarray, np.ndarray, int]:
-    """One problem, scikit-learn style: (test probabilities [N, K], classes [K], iterations)."""
-    classes, yi = np.unique(y, return_inverse=True)
-    t = lambda a: torch.as_tensor(a, device=device)  # noqa: E731
-    fit = fit_many(t(x).to(dtype)[None], t(yi)[None], t(np.array([C])), num_classes=len(classes),
+def fit(x, codes: np.ndarray, *, C: float, max_iter: int, tol: float, fit_intercept: bool = True,
+        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
+    """One problem (probe.backends' fit): rows x [n, D] (numpy or a tensor) with class codes [n]
+    in 0..K-1 -> (coef [K, D], intercept [K], iterations), tensors on `device`."""
+    x = torch.as_tensor(x, device=device).to(dtype)
+    y = torch.as_tensor(np.asarray(codes), device=x.device)
+    one = fit_many(x[None], y[None], torch.tensor([C], dtype=torch.float64), num_classes=int(codes.max()) + 1,
                    fit_intercept=fit_intercept, max_iter=max_iter, tol=tol)
-    probs = torch.softmax(logits(fit, 0, t(x_test)).double(), -1)
-    return probs.cpu().numpy(), classes, int(fit.n_iter[0])
+    bias = one.bias[0] if one.bias is not None else torch.zeros(one.weights.shape[1]).to(one.weights)
+    return one.weights[0], bias, int(one.n_iter[0])

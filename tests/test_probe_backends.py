@@ -3,11 +3,12 @@ objective; cuML against scikit-learn on a GPU."""
 
 import numpy as np
 import pytest
+import torch
 from scipy.optimize import minimize
 from scipy.special import log_softmax
 
 from msnpipe.runtime import UserError
-from probe.backends import cuda_available, cuml_available, fit_predict, resolve
+from probe.backends import cuda_available, cuml_available, fit, predict_proba, resolve
 from tests.conftest import gaussian_mixture
 
 
@@ -36,9 +37,9 @@ def scipy_fit(x, y, C, fit_intercept=True):
 def test_backends_solve_the_stated_objective(backend, C, fit_intercept):
     x, y = gaussian_mixture(6, 5, 8, seed=1)
     xt, _ = gaussian_mixture(20, 5, 8, seed=2)
-    fit = fit_predict(backend, x, y, x_test=xt, C=C, max_iter=5000, fit_intercept=fit_intercept)
-    probs, classes = fit.probs, fit.classes
-    assert classes.tolist() == [0, 1, 2, 3, 4] and fit.n_iter > 5
+    head = fit(backend, x, y, C=C, max_iter=5000, fit_intercept=fit_intercept)
+    probs = predict_proba(head, xt if backend != "torch" else torch.tensor(xt))
+    assert head.classes.tolist() == [0, 1, 2, 3, 4] and head.n_iter > 5
     np.testing.assert_allclose(probs, scipy_fit(x, y, C, fit_intercept)(xt), atol=1e-2)
     # the bar separates objectives: half the C, or the other intercept choice, is far off
     assert np.abs(probs - scipy_fit(x, y, C / 2, fit_intercept)(xt)).max() > 0.03
@@ -60,8 +61,7 @@ def test_cuml_agrees_with_sklearn():
     pytest.importorskip("cuml")
     x, y = gaussian_mixture(10, 20, 64, seed=3)
     xt, yt = gaussian_mixture(30, 20, 64, seed=3)
-    p1 = fit_predict("sklearn", x, y, x_test=xt, C=1.0, max_iter=1000).probs
-    p2 = fit_predict("cuml", x.astype(np.float32), y, x_test=xt.astype(np.float32), C=1.0,
-                     max_iter=1000).probs
+    p1 = predict_proba(fit("sklearn", x, y, C=1.0, max_iter=1000), xt)
+    p2 = predict_proba(fit("cuml", x.astype(np.float32), y, C=1.0, max_iter=1000), xt.astype(np.float32))
     assert abs((p1.argmax(1) == yt).mean() - (p2.argmax(1) == yt).mean()) <= 0.005
     np.testing.assert_allclose(p1, p2, atol=0.02)

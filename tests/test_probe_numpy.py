@@ -10,7 +10,7 @@ from sklearn.linear_model._linear_loss import LinearModelLoss
 
 from bench.synthetic import realistic_embeddings
 from probe import numpy_lr
-from probe.backends import fit_predict
+from probe.backends import fit, predict_proba
 
 
 @pytest.mark.parametrize("classes, dim", [(7, 12), (30, 5)])  # softmax scaled on either side
@@ -46,8 +46,8 @@ def test_on_float64_rows_every_fit_is_scikit_learns(C, intercept):
     for seed, (classes, dim, per_class) in enumerate([(40, 32, 1), (40, 32, 3), (12, 64, 5)]):
         x, y, xt, _ = (a.astype(np.float64) if a.dtype.kind == "f" else a
                        for a in _rows(classes, dim, per_class, seed))
-        probs, labels, n_iter = numpy_lr.fit_predict(x, y, xt, C=C, max_iter=1000, tol=1e-4,
-                                                     fit_intercept=intercept)
+        head = fit("numpy", x, y, C=C, max_iter=1000, tol=1e-4, fit_intercept=intercept)
+        probs, labels, n_iter = predict_proba(head, xt), head.classes, head.n_iter
         ref = LogisticRegression(C=C, max_iter=1000, fit_intercept=intercept).fit(x, y)
         assert n_iter == ref.n_iter_[0] > 10
         assert labels.tolist() == ref.classes_.tolist()
@@ -59,7 +59,8 @@ def test_on_float32_rows_both_round_alike():
     default-tol answers differ, as scikit-learn's own float32 and float64 fits do."""
     x, y, xt, yt = _rows(200, 32, 2, seed=4)
     acc = lambda p, c: np.mean(c[p.argmax(1)] == yt)  # noqa: E731
-    probs, labels, _ = numpy_lr.fit_predict(x, y, xt, C=1.0, max_iter=1000, tol=1e-4)
+    head = fit("numpy", x, y, C=1.0, max_iter=1000, tol=1e-4)
+    probs, labels = predict_proba(head, xt), head.classes
     sk32 = LogisticRegression(max_iter=1000).fit(x, y)
     sk64 = LogisticRegression(max_iter=1000).fit(x.astype(np.float64), y)
     p32, p64 = sk32.predict_proba(xt), sk64.predict_proba(xt)
@@ -70,7 +71,7 @@ def test_on_float32_rows_both_round_alike():
 
 def test_two_classes_are_scikit_learns_binary_fit():
     x, y, xt, _ = _rows(2, 16, 20, seed=5)
-    fit = fit_predict("numpy", x, y, x_test=xt, C=0.5, max_iter=1000)
+    head = fit("numpy", x, y, C=0.5, max_iter=1000)
     ref = LogisticRegression(C=0.5, max_iter=1000).fit(x, y)
-    np.testing.assert_allclose(fit.probs, ref.predict_proba(xt), atol=1e-6)  # its float32 softmax
-    assert fit.n_iter == ref.n_iter_[0]
+    np.testing.assert_allclose(predict_proba(head, xt), ref.predict_proba(xt), atol=1e-6)  # float32 softmax
+    assert head.n_iter == ref.n_iter_[0]

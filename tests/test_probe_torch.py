@@ -10,7 +10,8 @@ import torch
 
 from bench.synthetic import realistic_embeddings
 from probe.__main__ import main
-from probe.torch_lr import fit_many, score
+from probe.backends import Head, score
+from probe.torch_lr import fit_many
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +87,8 @@ def test_float32_stays_near_the_float64_solution(store):
         fit = fit_many(torch.tensor(x[pick], dtype=dtype), torch.tensor(y[pick]), torch.ones(3),
                        num_classes=20, tol=1e-8,
                        max_iter=5000)
-        got[dtype] = [score(fit, i, torch.tensor(xt), y=torch.tensor(te.labels)) for i in range(3)]
+        got[dtype] = [score(Head(fit.weights[i], fit.bias[i], np.arange(20)), torch.tensor(xt), te.labels)
+                      for i in range(3)]
         assert fit.converged.all()
     for (a64, l64), (a32, l32) in zip(got[torch.float64], got[torch.float32]):
         assert abs(a64 - a32) <= 0.005 and abs(l64 - l32) <= 0.01
@@ -106,11 +108,12 @@ def test_the_curve_on_cuda_matches_scikit_learn(store, tmp_path):
 def test_binary_and_no_intercept_match_scikit_learn():
     from sklearn.linear_model import LogisticRegression
 
-    from probe.torch_lr import fit_predict
+    from probe.backends import fit, predict_proba
     data = realistic_embeddings(2, 64, {"train": 15, "val": 40}, seed=1)
     (x, y), (xt, _) = data["train"], data["val"]
     x, xt = x.astype(np.float64), xt.astype(np.float64)
     for intercept in (True, False):
-        probs, classes, _ = fit_predict(x, y, xt, C=0.3, max_iter=2000, fit_intercept=intercept, tol=1e-9)
+        head = fit("torch", x, y, C=0.3, max_iter=2000, fit_intercept=intercept, tol=1e-9)
+        probs = predict_proba(head, torch.tensor(xt))
         ref = LogisticRegression(C=0.3, max_iter=2000, fit_intercept=intercept, tol=1e-9).fit(x, y)
         np.testing.assert_allclose(probs, ref.predict_proba(xt), atol=1e-5)
