@@ -2,7 +2,7 @@
 
     python -m bench all --quick         # `make bench`: small inputs, a few minutes on a CPU
     python -m bench embed --device cuda # every encoder, full size, on the GPU
-    python -m bench tolerance           # what the probes' default tol costs (bench.gpu.tolerance_rows)
+    python -m bench tolerance           # what the probes' default tol costs (bench.tolerance)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
     python -m bench gpu --scale 50000   # ... with N ImageNet-like JPEGs in the decode and embed sections
 

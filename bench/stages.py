@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import flops_per_image
 from bench.harness import Row, measure
 from bench.synthetic import make_image_folder
 
@@ -188,21 +189,6 @@ def bench_decode(ws: Workspace) -> list[Row]:
     return rows
 
 
-def flops_per_image(encoder: str) -> float:
-    """Forward FLOPs of one 224x224 image, from torch's flop counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from embed.encoders import get_spec
-    from embed.models import Embedder, build_model
-
-    with torch.device("meta"):
-        model = Embedder(build_model(get_spec(encoder)))
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(torch.empty(1, 3, 224, 224, device="meta"))
-    return float(counter.get_total_flops())
-
-
 def _embed_ours(ws: Workspace, encoder: str, decoder: str, *, counter) -> int:
     from embed.run import Config, run
 
@@ -224,7 +210,7 @@ def _embed_reference(ws: Workspace, encoder: str) -> int:
 
 
 def _bench_encoder(ws: Workspace, encoder: str) -> list[Row]:
-    from bench.gpu import bf16_peak
+    from bench.common import bf16_peak
 
     ws.prepare_shards(), ws.prepare_checkpoint(encoder)  # set-up outside the timed region
     counter, sync = itertools.count(), ws.device.type == "cuda"
@@ -263,7 +249,7 @@ PROBE_CASES = {  # name: (classes, D, train and test rows per class, seeds, labe
 
 def _probe_case(ws: Workspace, name: str) -> tuple[Path, Path]:
     """(the reference's .npy folder, our store) of realistic embeddings for one case, made once."""
-    from bench.gpu import npy_store
+    from bench.common import npy_store
     from bench.synthetic import realistic_embeddings
 
     classes, dim, tr, te, _, _ = PROBE_CASES[name]
@@ -307,7 +293,7 @@ def bench_probe(ws: Workspace) -> list[Row]:
     evaluate_embeddings.py run once per seed, on realistic embeddings (power-law spectrum,
     overlapping classes: 50-110 L-BFGS iterations a fit, as on real ones). Each backend's answers
     are compared with scikit-learn's, fit for fit."""
-    from bench.gpu import agreement, curve_answers
+    from bench.common import agreement, curve_answers
 
     counter, rows = itertools.count(), []
     cases = ("small", "100 classes") if ws.sizes.quick else ("small", "1000 classes")
@@ -384,7 +370,7 @@ ACTIVE_CASES = {  # name: (classes, D, pool and test rows per class, rounds afte
 
 def _active_case(ws: Workspace) -> tuple[str, Path, Path]:
     """(case name, the reference's .npy folder, our store) of realistic embeddings, made once."""
-    from bench.gpu import npy_store
+    from bench.common import npy_store
     from bench.synthetic import realistic_embeddings
 
     name = "quick" if ws.sizes.quick else "full"
@@ -452,9 +438,10 @@ def bench_active(ws: Workspace) -> list[Row]:
 
 def bench_tolerance(ws: Workspace) -> list[Row]:
     """What scikit-learn's default tol costs: each backend's answers at tol 1e-4 and 1e-6 against
-    a converged solve, on realistic embeddings (bench.gpu.tolerance_rows, on this device)."""
-    from bench.gpu import Budget, Context, npy_store, tolerance_rows
+    a converged solve, on realistic embeddings (bench.tolerance, on this device)."""
+    from bench.common import Budget, Context, npy_store
     from bench.synthetic import realistic_embeddings
+    from bench.tolerance import tolerance_rows
 
     classes, dim = (100, 256) if ws.sizes.repeats < 3 else (300, 384)
     ctx = Context(ws.root, ws.device, ws.sizes, Budget(3600))
