@@ -296,7 +296,7 @@ def fidelity_rows(ctx: Context) -> list[Row]:
 
 
 def _embed_ours(ctx: Context, shards: Path, split: str, encoder: str, *, decoder: str) -> dict:
-    """One run of python -m embed into a fresh store: its stats (embed.run.Clock)."""
+    """One run of python -m embed into a fresh store: its stats (embed.clock.Clock)."""
     from embed.run import Config, run
 
     out = ctx.root / f"store_{encoder}_{decoder}.zarr"

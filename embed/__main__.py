@@ -20,41 +20,17 @@ import logging
 import sys
 from pathlib import Path
 
+from embed.config import Config
 from embed.encoders import ENCODERS, KINDS, get_spec
 from embed.pipeline import CHOICES as DECODERS
 from embed.store import DTYPES
-from msnpipe.runtime import command
+from msnpipe.runtime import UserError, command
 
 log = logging.getLogger("embed")
-MAX_VIEWS = 64  # views a run makes per image (MSN trained with 12); more is a typo, and would hold memory
-
-
-def _whole(low: int):
-    """An argparse type: a whole number >= low."""
-    def parse(text: str) -> int:
-        if not text.lstrip("-").isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"{text}: a whole number >= {low}")
-        return int(text)
-    return parse
-
-
-def _share(text: str) -> float:
-    """An argparse type: a fraction in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: a fraction from 0 to 1")
-    return value
 
 
 def _batch(text: str) -> int | None:
-    if text == "auto":
-        return None
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text}: a whole number >= 1, or auto")
-    return int(text)
+    return None if text == "auto" else int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,15 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                         "a resumed store keeps its own), nvimgcodec (nvImageCodec, the hardware JPEG "
                         "engines first), dali (nvJPEG on a GPU; views), torchvision (decode_jpeg, nvJPEG "
                         "on a GPU) or torchvision-cpu (libjpeg-turbo on the CPU: PIL's pixels)")
-    p.add_argument("--hw-share", type=_share, default=None, metavar="F",
+    p.add_argument("--hw-share", type=float, default=None, metavar="F",
                    help="on a GPU, the share of each batch for the hardware JPEG engines (nvimgcodec, "
                         "dali; default: the library's own, 1 and 0.65)")
-    p.add_argument("--cpu-share", type=_share, default=0.0, metavar="F",
+    p.add_argument("--cpu-share", type=float, default=0.0, metavar="F",
                    help="nvimgcodec on a GPU: the share of each batch decoded on CPU threads (default 0)")
-    p.add_argument("--check-drift", type=_whole(0), default=0, metavar="K",
+    p.add_argument("--check-drift", type=int, default=0, metavar="K",
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
-    p.add_argument("--threads", type=_whole(1), default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also embed K augmented views per image into `views` [N, K, D] (default 0)")
     p.add_argument("--augment", choices=("msn", "simclr", "none"), default="msn",
@@ -100,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None):
-    """The command line of `python -m embed`, as an embed.run.Config."""
+    """The command line of `python -m embed`, as an embed.config.Config."""
     p = _parser()
     a = p.parse_args(argv)
     names = tuple(n.strip() for n in a.encoder.split(",") if n.strip())
@@ -108,16 +84,15 @@ def parse_args(argv: list[str] | None = None):
         [get_spec(n) for n in names]
     except KeyError as e:
         p.error(e.args[0])
-    from embed.run import Config  # torch: imported once the command line is known
-
-    extra = {"threads": a.threads} if a.threads else {}
-    if not 0 <= a.views <= MAX_VIEWS:
-        p.error(f"--views {a.views}: at most {MAX_VIEWS} (and >= 0); each view is a forward pass per image")
-    return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
-                  kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
-                  device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
-                  augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, hw_share=a.hw_share,
-                  cpu_share=a.cpu_share, **extra)
+    extra = {"threads": a.threads} if a.threads is not None else {}
+    try:
+        return Config(shards=a.shards, split=a.split, encoders=names, weights=a.weights, out=a.out,
+                      kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
+                      device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
+                      augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, hw_share=a.hw_share,
+                      cpu_share=a.cpu_share, **extra)
+    except UserError as e:
+        p.error(str(e))
 
 
 def _run(cfg) -> dict:

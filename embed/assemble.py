@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from shard.reader import Split
+from shard.reader import Split, shard_of
 
 WriteShard = Callable[[int, np.ndarray, np.ndarray | None], None]  # (shard, rows, views)
 
@@ -29,10 +29,11 @@ class ShardAssembler:
     def add(self, rows: np.ndarray, indices: np.ndarray, views: np.ndarray | None = None) -> None:
         """Buffer each row at its place in its shard; write every shard this batch made whole."""
         for j, index in enumerate(indices):
-            s = int(index) // self.k
-            if index < 0 or self.done[s]:
-                continue  # padding, or a shard written already
-            at = int(index) - s * self.k
+            if index < 0:
+                continue  # padding
+            s, at = shard_of(index, self.k)
+            if self.done[s]:
+                continue  # a shard written already
             self.rows.setdefault(s, np.empty((self.sizes[s], rows.shape[1]), np.float32))[at] = rows[j]
             if views is not None:
                 buf = self.views.setdefault(s, np.empty((self.sizes[s], *views.shape[1:]), np.float32))

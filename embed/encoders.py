@@ -20,7 +20,9 @@ KINDS = ("cls_prenorm", "cls", "mean")  # what one embedding row is; see embed.m
 
 @dataclass(frozen=True)
 class Preprocess:
-    """The reference path's transform: Resize(resize) bilinear antialiased, CenterCrop(crop)."""
+    """The reference path's transform: Resize(resize) bilinear antialiased, CenterCrop(crop),
+    ImageNet mean/std. Every decoder implements exactly this one; `interpolation` records it in
+    each group's identity (the decoders have no other filter to choose)."""
 
     resize: int = 256
     crop: int = 224

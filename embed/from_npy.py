@@ -31,6 +31,7 @@ import numpy as np
 from embed import store
 from msnpipe.files import plain_name
 from msnpipe.runtime import command
+from shard.reader import shard_span
 
 log = logging.getLogger("embed.from_npy")
 ROWS_PER_CHUNK = 1000
@@ -128,7 +129,8 @@ def _fill(source: Source):
     def fill(g) -> None:
         n = len(source.rows)
         for s in range(store.num_shards(n, ROWS_PER_CHUNK)):
-            lo, hi = s * ROWS_PER_CHUNK, min(n, (s + 1) * ROWS_PER_CHUNK)
+            span = shard_span(s, ROWS_PER_CHUNK, n)
+            lo, hi = span.start, span.stop
             paths = source.paths[lo:hi] if source.paths is not None else None
             store.write_shard(g, s, lo, rows=np.asarray(source.rows[lo:hi], dtype=np.float32),
                               labels=source.labels[lo:hi], paths=paths)

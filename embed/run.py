@@ -19,15 +19,9 @@ naming its shard, key and source path; the shards finished before it stay done.
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import json
 import logging
-import os
-import platform
-import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,98 +31,22 @@ from embed import store
 from embed.assemble import ShardAssembler
 from embed.batch import DecodeError
 from embed.checkpoint import load_encoder, resolve_weights
+from embed.clock import Clock
+from embed.config import Config
+from embed.dist import Dist, deal, init_dist
 from embed.encoders import EncoderSpec, get_spec
-from embed.pipeline import Tuning, batches, fidelity, resolve
+from embed.group import device_name, ensure_group, group_attrs, group_identity, record_run, recorded_decoder
+from embed.pipeline import Tuning, batches, resolve
 from embed.runner import EncoderRunner, HostRows, auto_batch
 from embed.source import CheckedShards, refuse_changed
 from embed.views import Views
 from msnpipe.runtime import UserError, pick_device
-from shard.reader import Split, open_split
+from shard.reader import Split, open_split, shard_of
+
+__all__ = ["Config", "run"]
 
 log = logging.getLogger("embed")
 CPU_BATCH = 16  # measured: on CPUs, larger batches run slower per image (cache)
-BARRIER_TIMEOUT = datetime.timedelta(days=7)  # a rank may wait long for the slowest one
-
-
-@dataclass(frozen=True, kw_only=True)
-class Config:
-    """Every setting of one `python -m embed` run (see __main__ for the options)."""
-
-    shards: Path
-    split: str
-    encoders: tuple[str, ...]
-    weights: str
-    out: Path
-    kind: str = "cls_prenorm"      # cls_prenorm | cls | mean
-    precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    compile: bool | None = None    # None: on CUDA only
-    batch_size: int | None = None  # None: largest that fits on CUDA, 16 on the CPU
-    device: str = "auto"           # auto | cpu | cuda | cuda:N
-    check_drift: int = 0           # embed the first K images also in fp32 eager
-    dtype: str = "float32"         # float32 | float16 rows
-    views: int = 0                 # K augmented views per image (0: none), stored as `views`
-    augment: str = "msn"           # msn | simclr | none (see embed.views)
-    view_seed: int = 0
-    decoder: str = "auto"          # auto | nvimgcodec | dali | torchvision | torchvision-cpu (embed.pipeline)
-    hw_share: float | None = None  # the hardware JPEG engines' share of a batch (None: the library's)
-    cpu_share: float = 0.0         # nvimgcodec on a GPU: the share of a batch decoded on CPU threads
-    threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in a torchrun job (rank 0 of 1 without one)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            torch.distributed.barrier()
-
-    def from_rank0(self, value):
-        """Rank 0's `value`, on every rank."""
-        if self.world == 1:
-            return value
-        box = [value]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def init_dist() -> Dist:
-    """Join the torchrun job described by the environment, if any. Ranks only coordinate
-    (barriers, small objects), so gloo serves on every device, with a timeout long enough
-    for a rank with little work to wait for the others."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-    return Dist(torch.distributed.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def versions() -> dict:
-    """Versions of what shapes the numbers (DALI's and nvImageCodec's only where installed)."""
-    from importlib.metadata import PackageNotFoundError, distributions, version
-
-    out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("torchvision", "timm", "zarr", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            pass
-    for prefix in ("nvidia-dali", "nvidia-nvimgcodec"):
-        found = [d for d in distributions() if (d.metadata["Name"] or "").startswith(prefix)]
-        if found:
-            out[prefix] = found[0].version
-    return out
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 @dataclass
@@ -157,68 +75,6 @@ class Pending:
                                   self.views.numpy() if self.views is not None else None)
 
 
-def _identity(spec: EncoderSpec, split: Split, cfg: Config, *, weights_info: dict, precision: str) -> dict:
-    """What a store group must have been built from to be resumed (JSON-normalised)."""
-    return json.loads(json.dumps({
-        "encoder": spec.name, "shards_manifest_sha256": split.manifest_sha256,
-        "weights_sha256": weights_info["weights_sha256"] or "random", "kind": cfg.kind,
-        "preprocessing": asdict(spec.preprocess), "decoder": cfg.decoder, "precision": precision,
-        "dtype": cfg.dtype,
-        "num_samples": split.num_samples,
-        "views": {"k": cfg.views, "augment": cfg.augment, "seed": cfg.view_seed} if cfg.views else None,
-    }))
-
-
-def _attrs(t: Target, cfg: Config, *, split: Split) -> dict:
-    """What the group was made from (the same on every run)."""
-    return {
-        "encoder": t.spec.name, "architecture": t.spec.arch, "spec": t.spec.describe(), "kind": cfg.kind,
-        "weights": t.info["weights"], "weights_sha256": t.info["weights_sha256"],
-        "random_weights": t.info["random_weights"], "preprocessing": t.identity["preprocessing"],
-        "precision": t.identity["precision"], "shards": str(split.dir),
-        "shards_manifest_sha256": split.manifest_sha256, "num_shards": len(split.shards),
-        "skipped_files": len(split.skipped), "classes": split.classes, "identity": t.identity,
-    }
-
-
-def record_run(group, *, device: torch.device, batch: int, dist: Dist, cfg: Config) -> None:
-    """Append this run to the group's `runs` (a group resumed on another machine keeps both): where
-    it ran, and which decoder with which settings, how far its pixels lie from libjpeg-turbo's on
-    a GPU (embed.pipeline.fidelity); the top-level device, batch_size and versions stay the first
-    run's."""
-    done = int(store.done_shards(group).sum())
-    decoder = {"name": cfg.decoder, "threads": decode_threads(cfg, device), "hw_share": cfg.hw_share,
-               "cpu_share": cfg.cpu_share}
-    if device.type == "cuda":
-        decoder["grey_levels_from_libjpeg"] = round(fidelity(cfg.decoder, device), 4)
-    run = {"started": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-           "device": device_name(device), "batch_size": batch, "world": dist.world, "versions": versions(),
-           "shards_done_before": done, "decoder": decoder}
-    attrs = group.attrs.asdict()
-    first = {k: run[k] for k in ("device", "batch_size", "versions") if k not in attrs}
-    group.attrs.update(first | {"runs": attrs.get("runs", []) + [run]})
-
-
-def ensure_group(cfg: Config, name: str, split: Split, *, identity: dict) -> None:
-    """Rank 0, holding the writer lock: create the group if absent (or half-made by an older
-    version), else refuse it unless it was built from the same inputs and settings."""
-    group = store.open_group(cfg.out, name, split.name, mode="a")
-    half_made = group is not None and not store.is_whole(group)
-    if group is not None and not half_made:
-        if diff := store.identity_mismatch(group, identity):
-            raise store.StoreError(f"{cfg.out}/{name}/{split.name} was built from other inputs or "
-                                   f"settings ({'; '.join(diff)}); use another --out or remove it")
-        return
-    if half_made:
-        log.warning("%s/%s/%s was left half-made by an interrupted run; creating it again",
-                    cfg.out, name, split.name)
-    layout = store.Layout(split.num_samples, get_spec(name).dim, split.samples_per_shard,
-                          len(split.shards), cfg.dtype, cfg.views,
-                          len(split.classes) if split.multilabel else 0)
-    store.create_group(cfg.out, name, split.name, layout=layout, attrs={"identity": identity},
-                       overwrite=half_made)
-
-
 def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precision: str, dist: Dist,
                     locks: ExitStack, shards: CheckedShards) -> list[Target]:
     """Load every encoder; rank 0 locks and creates or checks its group; all ranks open it."""
@@ -227,7 +83,7 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precisio
     for name in cfg.encoders:
         spec = get_spec(name)
         model, info = load_encoder(spec, resolve_weights(cfg.weights, name, several=len(cfg.encoders) > 1))
-        loaded.append((spec, model, info, _identity(spec, split, cfg, weights_info=info,
+        loaded.append((spec, model, info, group_identity(spec, split, cfg, weights_info=info,
                                                     precision=precision)))
     error = None
     if dist.rank == 0:
@@ -242,13 +98,14 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precisio
         raise error
     if message is not None:  # rank 0 refused: every rank stops with its reason
         raise UserError(message)
-    targets, k = [], split.samples_per_shard
+    targets = []
     for spec, model, info, identity in loaded:
         group = store.open_group(cfg.out, spec.name, split.name, mode="a")
 
         def write(s: int, rows: np.ndarray, views: np.ndarray | None, *, group=group) -> None:
             shards.verified(s)  # the tar's bytes are the manifest's, or nothing of it is written
-            lo, hi = s * k, s * k + len(rows)
+            span = split.shard_range(s)
+            lo, hi = span.start, span.stop
             store.write_shard(group, s, lo, rows=rows, labels=labels[lo:hi], paths=paths[lo:hi], views=views)
 
         use_compile = cfg.compile if cfg.compile is not None else device.type == "cuda"
@@ -257,24 +114,6 @@ def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precisio
         targets.append(Target(spec, runner, group, ShardAssembler(split, store.done_shards(group), write),
                               info, identity))
     return targets
-
-
-def recorded_decoder(cfg: Config, split: str) -> str | None:
-    """The decoder the groups `cfg` would resume were built with (when they agree), so that
-    `--decoder auto` resumes a group on a machine where it would pick another."""
-    found = set()
-    for name in cfg.encoders:
-        group = store.open_group(cfg.out, name, split, mode="r")
-        if group is not None and store.is_whole(group):
-            found.add((group.attrs.asdict().get("identity") or {}).get("decoder"))
-    return found.pop() if len(found) == 1 else None
-
-
-def deal(done: list[np.ndarray], dist: Dist) -> list[int]:
-    """This rank's shards: those some target has not done, dealt round-robin over the ranks, so
-    a resumed job spreads what is left evenly whatever was finished before."""
-    todo = [i for i in range(len(done[0])) if not all(d[i] for d in done)]
-    return todo[dist.rank :: dist.world]
 
 
 def _submit(t: Target, b, real: int) -> Pending:
@@ -289,64 +128,6 @@ def _submit(t: Target, b, real: int) -> Pending:
 def decode_threads(cfg: Config, device: torch.device) -> int:
     """The decoder's CPU threads: every core beside a GPU; half of them beside a CPU model."""
     return max(1, cfg.threads if device.type == "cuda" else cfg.threads // 2)
-
-
-class Clock:
-    """Where a run's seconds go. Past the first batch (compile, warm-up: `first_s`), on CUDA
-    `compute_s` is the GPU's own time from each batch's first forward launch to its last kernel
-    (CUDA events, read at the end) and `wait_s` the rest of the wall time (the model's stream
-    idle, waiting for data); on the CPU both are wall-clock. `steady_s` runs from the end of the
-    first batch (device synchronized) until the last rows are in the store."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.cuda = device, device.type == "cuda"
-        self.start = self.mark = time.perf_counter()
-        self.first_s: float | None = None
-        self.first_images = 0
-        self.wait = self.compute = 0.0  # CPU: wall-clock sums
-        self.spans: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-
-    def begin(self) -> torch.cuda.Event | None:
-        """A batch has arrived; its forward passes are about to be queued."""
-        now = time.perf_counter()
-        if self.first_s is not None:
-            self.wait += now - self.mark
-        self.mark = now
-        if self.cuda and self.first_s is not None:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            return event
-        return None
-
-    def end(self, started: torch.cuda.Event | None, images: int) -> None:
-        """The batch's forward passes are queued (and the batch before has landed)."""
-        now = time.perf_counter()
-        if self.first_s is None:  # the first batch: compile and warm-up, kept apart
-            if self.cuda:
-                torch.cuda.synchronize(self.device)
-                now = time.perf_counter()
-            self.first_s, self.first_images = now - self.start, images
-        else:
-            self.compute += now - self.mark
-            if started is not None:
-                done = torch.cuda.Event(enable_timing=True)
-                done.record()
-                self.spans.append((started, done))
-        self.mark = now
-
-    def stats(self, images: int) -> dict:
-        """Once the last rows are in the store."""
-        now = time.perf_counter()
-        first = self.first_s if self.first_s is not None else now - self.start
-        steady = now - self.start - first
-        compute = self.compute
-        if self.cuda:
-            torch.cuda.synchronize(self.device)
-            compute = sum(a.elapsed_time(b) for a, b in self.spans) / 1000
-        return {"images": images, "wall_s": now - self.start, "first_batch_s": first,
-                "first_batch_images": self.first_images, "steady_s": steady,
-                "steady_images": images - self.first_images, "compute_s": compute,
-                "wait_s": max(0.0, steady - compute)}
 
 
 def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Config,
@@ -386,7 +167,7 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Con
 def undecodable(e: DecodeError, split: Split, cfg: Config, *, targets: list[Target]) -> UserError:
     """The one line for a sample the decoder cannot read: its shard, key and source path, and what
     stays done."""
-    s = e.index // split.samples_per_shard
+    s, _ = shard_of(e.index, split.samples_per_shard)
     done = int(sum(store.done_shards(targets[0].group))) if targets else 0
     return UserError(
         f"{split.tar_paths()[s]}: sample {split.key(e.index)} ({split.paths()[e.index]}): {e.decoder} cannot "
@@ -437,8 +218,9 @@ def run(cfg: Config) -> dict:
                                    if device.type == "cuda" else CPU_BATCH)
         if dist.rank == 0:
             for t in targets:
-                t.group.attrs.update(_attrs(t, cfg, split=split))
-                record_run(t.group, device=device, batch=batch, dist=dist, cfg=cfg)
+                t.group.attrs.update(group_attrs(t.spec, cfg, split=split, info=t.info, identity=t.identity))
+                record_run(t.group, device=device, batch=batch, world=dist.world, cfg=cfg,
+                           threads=decode_threads(cfg, device))
         dist.barrier()
         mine = deal([store.done_shards(t.group) for t in targets], dist)
         shards.start(mine)

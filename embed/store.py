@@ -50,6 +50,7 @@ import numpy as np
 
 from msnpipe.files import exclusive, naming, plain_name
 from msnpipe.runtime import UserError
+from shard.reader import shard_span
 
 if TYPE_CHECKING:  # zarr is imported where a store is opened, so command lines start fast
     import zarr
@@ -364,7 +365,8 @@ class EmbeddingSet:
             return
         k, n, column = self.embeddings.chunks[0], self.shape[0], DIGESTED.index(name)
         for s in range(-(-start // k), -(-min(n, start + len(data)) // k)):
-            lo, hi = s * k, min(n, (s + 1) * k)
+            span = shard_span(s, k, n)
+            lo, hi = span.start, span.stop
             if hi > start + len(data):
                 break
             if digest(name, s, lo, data[lo - start : hi - start]) != self._digests[s, column]:

@@ -25,6 +25,7 @@ import zarr
 
 from embed import store
 from msnpipe.runtime import UserError, command
+from shard.reader import shard_span
 
 log = logging.getLogger("embed.verify")
 ROW_ARRAYS = ("embeddings", "views", "labels", "paths")
@@ -106,7 +107,8 @@ def check_group(store_path: Path, encoder: str, split: str) -> tuple[list[Proble
     problems += more
     k, n = group["embeddings"].chunks[0], group["embeddings"].shape[0]
     for s in np.flatnonzero(done):
-        lo, hi = int(s) * k, min(n, (int(s) + 1) * k)
+        span = shard_span(int(s), k, n)
+        lo, hi = span.start, span.stop
         for column, name in enumerate(store.DIGESTED):
             if name not in group:
                 continue

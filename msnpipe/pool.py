@@ -42,14 +42,22 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
+class WorkerPool(ProcessPoolExecutor):
+    """A ProcessPoolExecutor that says how many workers it has (`workers`)."""
+
+    def __init__(self, workers: int, **kwargs):
+        super().__init__(workers, **kwargs)
+        self.workers = workers
+
+
 def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = (), *,
-                method: str = "spawn") -> ProcessPoolExecutor:
+                method: str = "spawn") -> WorkerPool:
     """`workers` processes that die with this one; `initializer(*initargs)` runs in each. They
     are spawned (fresh interpreters; safe after CUDA or threads started), or forked when the
     caller knows neither has (`method="fork"`: no imports to repeat)."""
     parent = os.getpid()
-    return ProcessPoolExecutor(workers, mp_context=get_context(method), initializer=_init,
-                               initargs=(parent, initializer, initargs))
+    return WorkerPool(workers, mp_context=get_context(method), initializer=_init,
+                      initargs=(parent, initializer, initargs))
 
 
 def _init(parent: int, initializer: Callable | None, initargs: tuple) -> None:
@@ -70,7 +78,7 @@ def result(future: Future):
         raise RuntimeError("a worker process died (out of memory or killed?)") from e
 
 
-def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable, *,
+def ordered_map(pool: WorkerPool | None, fn: Callable, items: Iterable, *,
                 window: int | None = None) -> Iterator:
     """`map(fn, items)` in order, in `pool` (or here when None), with at most `window` items
     (default: 4 per worker) submitted ahead, so large arguments are not all queued at once.
@@ -78,7 +86,7 @@ def ordered_map(pool: ProcessPoolExecutor | None, fn: Callable, items: Iterable,
     if pool is None:
         yield from map(fn, items)
         return
-    window = window or 4 * pool._max_workers
+    window = window or 4 * pool.workers
     pending: deque = deque()
     try:
         for item in items:

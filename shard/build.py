@@ -35,7 +35,15 @@ from msnpipe.pool import result
 from msnpipe.runtime import UserError
 from shard import FORMAT
 from shard.images import REPAIR, RETRY, SKIP, Verdict, jpeg_payload
-from shard.reader import MANIFEST, SAMPLES, SAMPLES_HEADER, ShardFormatError, open_split, read_manifest
+from shard.reader import (
+    MANIFEST,
+    SAMPLES,
+    SAMPLES_HEADER,
+    ShardFormatError,
+    open_split,
+    read_manifest,
+    shard_span,
+)
 from shard.scan import Candidate, list_candidates
 from shard.validate import verdicts
 from shard.writer import ShardFile, write_shard
@@ -117,11 +125,11 @@ def key_digits(candidates: int, samples_per_shard: int) -> tuple[int, int]:
 
 def plan_shard(name: str, out: Path, split_dir: Path, *, index: int, part: list[tuple[Candidate, Verdict]],
                settings: Settings, digits: tuple[int, int]) -> ShardJob:
-    """Shard `index` of the split: samples [index * K, index * K + len(part))."""
-    start = index * settings.samples_per_shard
+    """Shard `index` of the split: its first len(part) sample indices (shard.reader.shard_span)."""
+    span = shard_span(index, settings.samples_per_shard, index * settings.samples_per_shard + len(part))
     return ShardJob(
         tar_path=out / f"{name}-{index:0{digits[1]}d}.tar",
-        keys=[f"{start + j:0{digits[0]}d}" for j in range(len(part))],
+        keys=[f"{key:0{digits[0]}d}" for key in span],
         sources=[os.path.join(split_dir, c.path) for c, _ in part],
         labels=[c.label for c, _ in part],
         verdicts=[v for _, v in part],

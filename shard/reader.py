@@ -38,6 +38,19 @@ class ShardFormatError(UserError):
     """A shard split is missing, incomplete, or not in the format this version reads."""
 
 
+
+def shard_span(shard: int, samples_per_shard: int, num_samples: int) -> range:
+    """The sample indices (and store rows) of `shard`, every shard but the last holding
+    samples_per_shard: the one formula between shards and rows, for tars and store groups alike."""
+    start = shard * samples_per_shard
+    return range(start, min(num_samples, start + samples_per_shard))
+
+
+def shard_of(index: int, samples_per_shard: int) -> tuple[int, int]:
+    """(shard, place in it) of sample `index`: shard_span's inverse."""
+    return divmod(int(index), samples_per_shard)
+
+
 @dataclass(frozen=True)
 class ShardEntry:
     """One tar of a split, as listed in its manifest."""
@@ -76,8 +89,7 @@ class Split:
 
     def shard_range(self, i: int) -> range:
         """Sample indices held by shard `i`."""
-        start = i * self.samples_per_shard
-        return range(start, start + self.shards[i].num_samples)
+        return shard_span(i, self.samples_per_shard, self.num_samples)
 
     def key(self, index: int) -> str:
         """The WebDataset key of sample `index`."""
@@ -98,7 +110,7 @@ class Split:
             return f"{path}: missing" if e.errno == errno.ENOENT else f"{path}: cannot be read ({e.strerror})"
         if size != entry.bytes:
             return f"{path}: {size} bytes, the manifest says {entry.bytes}"
-        first = f"{self.key(i * self.samples_per_shard)}.jpg"
+        first = f"{self.key(self.shard_range(i).start)}.jpg"
         name = head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
         if entry.num_samples and name != first:
             return f"{path}: its first member is {name!r}, not {first!r}"

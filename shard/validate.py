@@ -108,9 +108,3 @@ def verdicts(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: i
                 journal.write(f"{c.path}\t{idents[i]}\t{v.status}\t{_clean(v.detail)}\n")
             bar.update()
             yield v
-
-
-def validate(split_dir: Path, cands: list[Candidate], work: Path, *, max_side: int | None,
-             pool: ProcessPoolExecutor | None, how: str = "fast") -> list[Verdict]:
-    """Every candidate's verdict (see `verdicts`)."""
-    return list(verdicts(split_dir, cands, work, max_side=max_side, pool=pool, how=how))

@@ -344,7 +344,7 @@ def test_the_run_reports_its_steady_part_apart_from_the_first_batch(embed_shards
 
 def test_deal_gives_every_shard_some_target_lacks_evenly_to_the_ranks():
     """A shard one encoder finished and the other did not is dealt again (all, not any)."""
-    from embed.run import Dist, deal
+    from embed.dist import Dist, deal
 
     done = [np.array([True, True, False, True, False, False]),
             np.array([True, False, False, True, True, False])]

@@ -281,18 +281,18 @@ def test_a_file_replaced_in_place_is_validated_again(tmp_path):
     import os
 
     from shard.scan import find_classes, list_candidates
-    from shard.validate import validate
+    from shard.validate import verdicts
     split = make_folder(tmp_path / "train", ["a", "b"], 3)
     cands = list_candidates(split, find_classes(split))
     work = tmp_path / "work"
     work.mkdir()
-    first = validate(split, cands, work, max_side=None, pool=None)
+    first = list(verdicts(split, cands, work, max_side=None, pool=None))
     assert {v.status for v in first} == {"keep"}
     target = split / cands[4].path
     size, mtime = target.stat().st_size, target.stat().st_mtime_ns
     target.write_bytes(b"\0" * size)  # same size, other bytes: no longer an image
     os.utime(target, ns=(mtime + 10**9, mtime + 10**9))
-    again = validate(split, cands, work, max_side=None, pool=None)
+    again = list(verdicts(split, cands, work, max_side=None, pool=None))
     assert again[4].status == "skip" and [v.status for i, v in enumerate(again) if i != 4] == ["keep"] * 5
 
 
