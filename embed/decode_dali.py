@@ -25,7 +25,7 @@ import torch
 
 from embed.batch import Batch, DecodeError, check_order, tiny_jpeg
 from embed.encoders import Preprocess
-from embed.views import Views
+from embed.views import ViewRecipe
 
 PREFETCH = 2  # batches DALI prepares ahead: a failure may belong to either
 
@@ -100,7 +100,7 @@ def _resize_crop_normalize(jpg, images, pre: Preprocess):
 
 def build_pipeline(tars: list[Path], idxs: list[Path], pre: Preprocess, *, batch_size: int,
                    device_id: int | None, threads: int, order: np.ndarray | None = None,
-                   views: Views | None = None, hw_share: float | None = None):
+                   views: ViewRecipe | None = None, hw_share: float | None = None):
     """A DALI pipeline over `tars` yielding (images, source_info, *views) batches, last batch
     padded. Views need `order`, the sample indices in reading order, to draw their parameters;
     `hw_share` is the hardware JPEG decoder's share of each batch on a GPU (DALI's default: None)."""
@@ -164,7 +164,7 @@ def _culprit(tars: list[Path], idxs: list[Path], wanted: np.ndarray, device: tor
 
 
 def dali_batches(tars: list[Path], idxs: list[Path], order: np.ndarray, *, pre: Preprocess,
-                 batch_size: int, device: torch.device, threads: int, views: Views | None = None,
+                 batch_size: int, device: torch.device, threads: int, views: ViewRecipe | None = None,
                  hw_share: float | None = None) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1."""
     device_id = (device.index or 0) if device.type == "cuda" else None

@@ -50,7 +50,7 @@ from msnpipe.runtime import UserError, installed
 if TYPE_CHECKING:
     import torch
 
-    from embed.views import Views
+    from embed.views import ViewRecipe
 
 log = logging.getLogger("embed")
 FIDELITY_MAX = 0.5  # grey levels: the mean distance from libjpeg-turbo's pixels `auto` accepts on a GPU
@@ -172,7 +172,7 @@ def resolve(name: str, device: torch.device, *, views: bool, recorded: str | Non
 
 
 def batches(decoder: str, tars: list[Path], idxs: list[Path], *, order: np.ndarray, pre: Preprocess,
-            batch_size: int, device: torch.device, threads: int, views: Views | None = None,
+            batch_size: int, device: torch.device, threads: int, views: ViewRecipe | None = None,
             tuning: Tuning = Tuning()) -> Iterator[Batch]:
     """Every sample of `tars` once, in fixed-size batches; padding is marked with index -1.
     `order` is the sample indices the tars hold, in order; `decoder` a resolved name."""

@@ -39,7 +39,7 @@ from embed.group import device_name, ensure_group, group_attrs, group_identity, 
 from embed.pipeline import Tuning, batches, resolve
 from embed.runner import EncoderRunner, HostRows, auto_batch
 from embed.source import CheckedShards, refuse_changed
-from embed.views import Views
+from embed.views import ViewRecipe
 from msnpipe.runtime import UserError, pick_device
 from shard.reader import Split, open_split, shard_of
 
@@ -134,7 +134,7 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Con
           device: torch.device, batch: int, show: bool) -> dict:
     """Embed every sample of `shard_ids` with every target; return timings (Clock.stats)."""
     order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
-    views = Views(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
+    views = ViewRecipe(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
     stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order=order,
                      pre=targets[0].spec.preprocess, batch_size=batch, device=device,

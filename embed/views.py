@@ -25,8 +25,10 @@ from embed.encoders import Preprocess
 
 
 @dataclass(frozen=True)
-class Views:
-    """K views per sample with one augmentation (a key of AUGMENTS) and a seed."""
+class ViewRecipe:
+    """How a run makes views: K per sample, one augmentation (a key of AUGMENTS), a seed.
+    (`Config.views` is K; `Batch.views` the K tensors a decoder made; a store's `views` array
+    [N, K, D] their rows.)"""
 
     k: int
     augment: str

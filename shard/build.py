@@ -46,7 +46,7 @@ from shard.reader import (
 )
 from shard.scan import Candidate, list_candidates
 from shard.validate import verdicts
-from shard.writer import ShardFile, write_shard
+from shard.writer import ShardFile, write_tar
 
 log = logging.getLogger("shard")
 WORK = ".work"
@@ -113,7 +113,7 @@ def _write_job(job: ShardJob) -> ShardFile:
         (key, jpeg_payload(src, v, job.quality, max_side=job.max_side), label)
         for key, src, label, v in zip(job.keys, job.sources, job.labels, job.verdicts)
     )
-    return write_shard(job.tar_path, samples)
+    return write_tar(job.tar_path, samples)
 
 
 def key_digits(candidates: int, samples_per_shard: int) -> tuple[int, int]:

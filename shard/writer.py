@@ -123,7 +123,7 @@ def tar_bytes(files: Iterable[tuple[str, bytes]]) -> tuple[list[bytes], list[Mem
     return pieces, members
 
 
-def write_shard(tar_path: Path, samples: Iterable[tuple[str, bytes, int]]) -> ShardFile:
+def write_tar(tar_path: Path, samples: Iterable[tuple[str, bytes, int]]) -> ShardFile:
     """Write (key, jpeg bytes, label) samples to `tar_path` and its `.idx`; return the record."""
     idx_path = tar_path.with_suffix(".idx")
     tmp = tar_path.with_name(tar_path.name + ".tmp")

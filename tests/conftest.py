@@ -237,7 +237,7 @@ def replace_jpeg(split_dir: Path, index: int, data: bytes) -> None:
     from dataclasses import asdict
 
     from shard.reader import MANIFEST, open_split, read_index
-    from shard.writer import write_shard
+    from shard.writer import write_tar
 
     split = open_split(split_dir.parent, split_dir.name)
     s = index // split.samples_per_shard
@@ -245,7 +245,7 @@ def replace_jpeg(split_dir: Path, index: int, data: bytes) -> None:
     members: dict[str, dict[str, bytes]] = {}
     for key, ext, offset, size in read_index(split.idx_paths()[s]):
         members.setdefault(key, {})[ext] = blob[offset : offset + size]
-    record = write_shard(tar, [(k, data if int(k) == index else m["jpg"], m["cls"].decode())
+    record = write_tar(tar, [(k, data if int(k) == index else m["jpg"], m["cls"].decode())
                                for k, m in members.items()])
     manifest = json.loads((split_dir / MANIFEST).read_text())
     manifest["shards"][s] = asdict(record)

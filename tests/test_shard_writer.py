@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shard.writer import index_of_tar, split_name, write_shard
+from shard.writer import index_of_tar, split_name, write_tar
 
 dali = pytest.importorskip("nvidia.dali")  # wds2idx.py ships beside it in site-packages
 WDS2IDX = Path(dali.__file__).parents[2] / "wds2idx.py"
@@ -21,7 +21,7 @@ def test_split_name_follows_webdataset():
 
 
 def test_tar_members_and_headers(tmp_path):
-    rec = write_shard(tmp_path / "s-000000.tar", SAMPLES)
+    rec = write_tar(tmp_path / "s-000000.tar", SAMPLES)
     assert (rec.num_samples, rec.tar, rec.idx) == (3, "s-000000.tar", "s-000000.idx")
     with tarfile.open(tmp_path / "s-000000.tar") as tar:
         members = tar.getmembers()
@@ -36,15 +36,15 @@ def test_tar_members_and_headers(tmp_path):
 
 
 def test_same_samples_same_bytes(tmp_path):
-    a = write_shard(tmp_path / "a.tar", SAMPLES)
-    b = write_shard(tmp_path / "b.tar", SAMPLES)
+    a = write_tar(tmp_path / "a.tar", SAMPLES)
+    b = write_tar(tmp_path / "b.tar", SAMPLES)
     assert a.sha256 == b.sha256 and a.bytes == b.bytes
     assert (tmp_path / "a.idx").read_bytes() == (tmp_path / "b.idx").read_bytes()
 
 
 @pytest.mark.skipif(not WDS2IDX.exists(), reason="DALI's wds2idx.py not installed")
 def test_index_equals_dalis_wds2idx(tmp_path):
-    write_shard(tmp_path / "s.tar", SAMPLES)
+    write_tar(tmp_path / "s.tar", SAMPLES)
     subprocess.run([sys.executable, str(WDS2IDX), str(tmp_path / "s.tar"), str(tmp_path / "ref.idx")],
                    check=True, capture_output=True)
     assert (tmp_path / "s.idx").read_text() == (tmp_path / "ref.idx").read_text()
