@@ -6,5 +6,5 @@
         --weights weights/ --out out/embeddings.zarr
     python -m embed.info out/embeddings.zarr
 
-The store layout is in README.md; the reader the next stage uses is `embed.store`.
+The store layout is in docs/formats.md; the reader the next stage uses is `embed.store`.
 """

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tol", type=positive_float, default=1e-4,
                    help="stop when max |gradient| <= TOL (default 1e-4, scikit-learn's)")
     p.add_argument("--backend", choices=CHOICES, default="auto",
-                   help="auto: torch on a GPU, else numpy (see README for the measurements)")
+                   help="auto: torch on a GPU, else numpy (docs/benchmarks.md has the measurements)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
     p.add_argument("--solver-dtype", choices=SOLVER_DTYPES, default="auto",
                    help="the precision solved in (auto: float64 for torch, where float32 misses parity; "

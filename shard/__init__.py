@@ -4,7 +4,7 @@
     python -m shard /data/flowers out/shards --split train     # SRC is one class-folder tree
     python -m shard.verify out/shards                          # re-read and check every byte
 
-The format (tars, .idx, samples.tsv, manifest.json) is described in README.md; the
+The format (tars, .idx, samples.tsv, manifest.json) is described in docs/formats.md; the
 reader the next stage uses is `shard.reader`.
 """
 

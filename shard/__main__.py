@@ -8,7 +8,7 @@
     python -m shard /data/sub out/shards --split val --classes-from train  # val lacks classes
 
 A killed run, started again with the same command, finishes the job; a finished split
-is left alone. See README.md for the output format.
+is left alone. See docs/formats.md for the output format.
 """
 
 from __future__ import annotations
