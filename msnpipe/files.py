@@ -63,13 +63,14 @@ def writable_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _holder() -> str:
+def holder_record() -> str:
+    """Who holds a lock: pid, host, start and command (what Busy names)."""
     now = datetime.datetime.now().isoformat(timespec="seconds")
     cmd = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200]
     return f"pid {os.getpid()} on {socket.gethostname()} since {now} ({cmd})"
 
 
-HOLDER = re.compile(r"pid \d+ on \S+ since ")  # how _holder's records begin
+HOLDER = re.compile(r"pid \d+ on \S+ since ")  # how holder_record begins
 
 
 def _lock_file(lock_path: Path):
@@ -111,7 +112,7 @@ def exclusive(lock_path: Path, what: str) -> Iterator[None]:
             raise UserError(f"{lock_path}: not a lock file msnpipe made (it holds other text); remove it")
         f.seek(0)
         f.truncate()
-        f.write(_holder() + "\n")
+        f.write(holder_record() + "\n")
         f.flush()
         yield
     finally:
