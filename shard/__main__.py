@@ -20,12 +20,13 @@ import sys
 from contextlib import nullcontext
 from pathlib import Path
 
+from msnpipe import remote
 from msnpipe.files import plain_name, writable_dir
 from msnpipe.pool import worker_pool
 from msnpipe.runtime import UserError, command, difference
 from shard.build import Settings, report, shard_split
 from shard.images import VALIDATE
-from shard.reader import MANIFEST, list_splits, read_manifest
+from shard.reader import MANIFEST, default_cache, list_splits, read_manifest
 from shard.scan import (
     Candidate,
     ScanError,
@@ -58,7 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m shard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("src", type=Path, help="ImageFolder root holding train/ and/or val/")
-    p.add_argument("out", type=Path, help="output folder; split S goes to OUT/S/")
+    p.add_argument("out", help="output folder, or a URL (s3://bucket/prefix); split S goes to OUT/S/")
+    p.add_argument("--stage", type=Path, default=None,
+                   help="with a URL OUT: the local folder where shards are built before their upload "
+                        "(default: $MSNPIPE_CACHE or ~/.cache/msnpipe, then the URL's path, then .stage)")
     p.add_argument("--split", help="SRC is itself one class-folder tree; name the split")
     p.add_argument("--splits", help="comma-separated split folders of SRC (default: train,val found)")
     p.add_argument("--labels", type=Path, default=None,
@@ -99,11 +103,17 @@ def check_nesting(src: Path, out: Path) -> None:
         raise UserError(f"OUT {out} contains the source {src}; put OUT beside SRC, not above it")
 
 
-def _finished_classes(out: Path, skip: set[str]) -> dict[str, list[str]]:
-    """Class lists of the splits already complete in OUT, other than `skip`."""
-    if not out.is_dir():
+def _finished_classes(out: str, skip: set[str]) -> dict[str, list[str]]:
+    """Class lists of the splits already complete in OUT (a folder or a URL), other than `skip`."""
+    if remote.is_url(out):
+        def manifest(s: str) -> dict:
+            url = remote.join(out, s, MANIFEST)
+            return read_manifest(url, remote.read_bytes(url))
+        return {s: manifest(s)["classes"] for s in list_splits(out) if s not in skip}
+    if not remote.local(out).is_dir():
         return {}
-    return {s: read_manifest(out / s / MANIFEST)["classes"] for s in list_splits(out) if s not in skip}
+    return {s: read_manifest(remote.local(out) / s / MANIFEST)["classes"] for s in list_splits(out)
+            if s not in skip}
 
 
 def class_lists(args: argparse.Namespace, splits: dict[str, Path]
@@ -143,16 +153,21 @@ def run(args: argparse.Namespace) -> list:
     splits = resolve_splits(args.src, args.split, args.splits and args.splits.split(","))
     if args.classes_from:
         plain_name(args.classes_from, "--classes-from")
-    check_nesting(args.src, args.out)
-    writable_dir(args.out, "OUT")
+    if remote.is_url(args.out):  # built in a local stage, published shard by shard
+        remote.check(args.out, write=True)
+        root, publish_to = args.stage or default_cache(args.out) / ".stage", args.out
+    else:
+        root, publish_to = remote.local(args.out), None
+    check_nesting(args.src, root)
+    writable_dir(root, "--stage" if publish_to else "OUT")
     classes, listed = class_lists(args, splits)
     log.info("splits %s, %d classes%s, settings %s, %d workers", ", ".join(splits),
              len(next(iter(classes.values()))), " (multi-label)" if listed else "", settings,
              args.workers)
     # fork: workers start with this process's imports (no CUDA here, no threads yet)
     with worker_pool(args.workers, method="fork") if args.workers > 1 else nullcontext() as pool:
-        return [shard_split(name, d, args.out, classes=classes[name], settings=settings, pool=pool,
-                            strict=args.strict, listed=listed)
+        return [shard_split(name, d, root, classes=classes[name], settings=settings, pool=pool,
+                            strict=args.strict, listed=listed, publish_to=publish_to)
                 for name, d in splits.items()]
 
 

@@ -8,7 +8,8 @@ worker under a temporary name and renamed into place, and only then is its recor
 plan. (--strict takes every verdict before the first shard.)
 
 samples.tsv and manifest.json are written last; the manifest's presence means the split
-is complete, and `.work/` is removed.
+is complete, and `.work/` is removed. With OUT a URL the same build runs in a local stage and
+shard.publish uploads each shard once recorded, and the manifest last (the commit).
 """
 
 from __future__ import annotations
@@ -25,16 +26,19 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from msnpipe import remote
 from msnpipe.files import exclusive, write_atomic
 from msnpipe.pool import result
 from msnpipe.runtime import UserError
 from shard import FORMAT
 from shard.images import REPAIR, RETRY, SKIP, Verdict, jpeg_payload
+from shard.publish import Publisher
 from shard.reader import (
     MANIFEST,
     SAMPLES,
@@ -142,19 +146,19 @@ def _record_path(work: Path, job: ShardJob) -> Path:
     return work / (job.tar_path.name + ".json")
 
 
-def _finished(work: Path, job: ShardJob) -> ShardFile | None:
-    """The record of a shard already written by an earlier run, if it still holds."""
+def _finished(work: Path, job: ShardJob, publisher: Publisher | None = None) -> ShardFile | None:
+    """The record of a shard already written by an earlier run, if it still holds: its tar and
+    index in place (or, publishing, already up)."""
     path = _record_path(work, job)
     if not path.exists():
         return None
     rec = json.loads(path.read_text())
-    ok = (
-        rec.get("fingerprint") == job.fingerprint()
-        and job.tar_path.exists()
-        and job.tar_path.stat().st_size == rec["shard"]["bytes"]
-        and job.tar_path.with_suffix(".idx").exists()
-    )
-    return ShardFile(**rec["shard"]) if ok else None
+    if rec.get("fingerprint") != job.fingerprint():
+        return None
+    shard = ShardFile(**rec["shard"])
+    here = (job.tar_path.exists() and job.tar_path.stat().st_size == shard.bytes
+            and job.tar_path.with_suffix(".idx").exists())
+    return shard if here or (publisher is not None and publisher.has(shard)) else None
 
 
 class ShardWriter:
@@ -164,8 +168,9 @@ class ShardWriter:
     no shard is cut: where the later ones start depends on whether that file is kept."""
 
     def __init__(self, name: str, dest: Path, split_dir: Path, *, work: Path, settings: Settings,
-                 pool: ProcessPoolExecutor | None, candidates: int):
+                 pool: ProcessPoolExecutor | None, candidates: int, publisher: Publisher | None = None):
         self.name, self.dest, self.split_dir, self.work = name, dest, split_dir, work
+        self.publisher = publisher
         self.settings, self.pool = settings, pool
         self.digits = key_digits(candidates, settings.samples_per_shard)
         self.kept: list[tuple[Candidate, Verdict]] = []
@@ -191,7 +196,7 @@ class ShardWriter:
         job = plan_shard(self.name, self.dest, self.split_dir, index=len(self.jobs), part=part,
                          settings=self.settings, digits=self.digits)
         self.jobs.append(job)
-        if (done := _finished(self.work, job)) is not None:
+        if (done := _finished(self.work, job, self.publisher)) is not None:
             self.pending.append((True, done))
         else:
             self.pending.append((False, self.pool.submit(_write_job, job) if self.pool else _write_job(job)))
@@ -206,6 +211,8 @@ class ShardWriter:
             if not before:
                 record = {"fingerprint": job.fingerprint(), "shard": asdict(rec)}
                 write_atomic(_record_path(self.work, job), json.dumps(record).encode())
+            if self.publisher is not None:  # recorded first: a kill during the upload finds it
+                self.publisher.publish(rec, job.tar_path)
             self.files.append(rec)
             self.bar.update(rec.num_samples)
 
@@ -296,56 +303,102 @@ def _already_complete(name: str, dest: Path, settings: Settings) -> Summary:
                    already_complete=True)
 
 
+def _already_published(name: str, url: str, settings: Settings) -> Summary:
+    """The summary of a split published to `url`, once its objects are checked against the
+    manifest (one listing: every tar of its size, every index); refused if made with other settings."""
+    raw = remote.read_bytes(remote.join(url, MANIFEST))
+    m = read_manifest(remote.join(url, MANIFEST), raw)
+    _check_settings(m.get("settings"), settings, url, what="the published split")
+    there = remote.sizes(url)
+    problems = [f"{s['tar']}: {there.get(s['tar'], 'no')} bytes, the manifest says {s['bytes']}"
+                for s in m["shards"] if there.get(s["tar"]) != s["bytes"]]
+    problems += [f"{s['idx']}: missing" for s in m["shards"] if s["idx"] not in there]
+    if SAMPLES not in there:
+        problems.append(f"{SAMPLES}: missing")
+    if problems:
+        raise UserError(f"{url}: the published split is damaged ({'; '.join(problems[:2])}); check it with "
+                        f"python -m shard.verify, then remove {url} and shard it again")
+    log.info("%s: already published (%s/%s), nothing to do", name, url, MANIFEST)
+    return Summary(name, m["num_samples"], len(m["shards"]), m["skipped"], m["repaired"],
+                   sum(s["bytes"] for s in m["shards"]), 0.0, already_complete=True)
+
+
 def shard_split(
     name: str, split_dir: Path, out: Path, *, classes: list[str], settings: Settings,
     pool: ProcessPoolExecutor | None, strict: bool = False, listed: list[Candidate] | None = None,
+    publish_to: str | None = None,
 ) -> Summary:
     """Validate and shard one split into `out/name`, resuming whatever an earlier run left.
-    `listed` gives the samples of a multi-label list file instead of the class folders."""
+    `listed` gives the samples of a multi-label list file instead of the class folders. With
+    `publish_to` (a URL), `out` is the local stage and each shard is uploaded to
+    `publish_to/name` as it is written, the manifest last (shard.publish)."""
     t0 = time.perf_counter()
     dest = out / name
+    url = remote.join(publish_to, name) if publish_to else None
     if dest.is_symlink():
         raise UserError(f"{dest}: is a symbolic link; a split folder is written in OUT itself: remove the "
                         "link, or give another OUT")
-    if (dest / MANIFEST).exists():
+    if url is not None and remote.exists(remote.join(url, MANIFEST)):
+        return _already_published(name, url, settings)
+    if url is None and (dest / MANIFEST).exists():
         return _already_complete(name, dest, settings)
     work = dest / WORK
     work.mkdir(parents=True, exist_ok=True)
-    with exclusive(work / "lock", f"split {dest}"):
-        if (dest / MANIFEST).exists():  # another run finished it while this one took the lock
+    held = remote.RemoteLock(remote.join(url, ".lock"), f"split {url}") if url else nullcontext()
+    with exclusive(work / "lock", f"split {dest}"), held:
+        if url is not None and remote.exists(remote.join(url, MANIFEST)):  # finished meanwhile
+            shutil.rmtree(dest)
+            return _already_published(name, url, settings)
+        if url is None and (dest / MANIFEST).exists():  # another run finished it while this one waited
             shutil.rmtree(work)
             return _already_complete(name, dest, settings)
-        previous = work / "settings.json"
-        old = json.loads(previous.read_text())["settings"] if previous.exists() else None
-        _check_settings(old, settings, dest, what="an unfinished run")
-        write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
-        cands = listed if listed is not None else list_candidates(split_dir, classes)
-        stream = verdicts(split_dir, cands, work, max_side=settings.max_side, pool=pool,
-                          how=settings.validate)
-        if strict:  # every verdict before any shard
-            stream = list(stream)
-            _strict_check(name, cands, stream)
-        writer = ShardWriter(name, dest, split_dir, work=work, settings=settings, pool=pool,
-                             candidates=len(cands))
-        seen = []
-        for c, v in zip(cands, stream, strict=True):  # strict: the stream ends, closing its journal
-            seen.append(v)
-            writer.add(c, v)
-        files = writer.finish()
-        if writer.retry:
-            _retry_error(name, writer.retry, written=len(files))
-        if not writer.kept:
-            raise UserError(f"{split_dir}: none of its {len(cands)} files can be kept ({_reasons(seen)}); "
-                            "nothing was sharded")
-        manifest = _manifest(name, classes, settings, jobs=writer.jobs, files=files, cands=cands,
-                             verdicts=seen)
-        samples = _samples_tsv(writer.kept)
-        manifest |= {"multilabel": listed is not None, "samples_sha256": hashlib.sha256(samples).hexdigest()}
-        write_atomic(dest / SAMPLES, samples)
-        write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
-        shutil.rmtree(work)  # under the lock: a run waiting for it finds the manifest
+        publisher = Publisher(url, dest) if url else None
+        try:
+            manifest, files = _build_split(name, split_dir, dest, work, classes=classes, settings=settings,
+                                           pool=pool, strict=strict, listed=listed, publisher=publisher)
+            if publisher is not None:
+                publisher.commit(dest / SAMPLES, dest / MANIFEST)
+        finally:
+            if publisher is not None:
+                publisher.close()
+        shutil.rmtree(dest if url else work)  # under the lock: a run waiting for it finds the manifest
     return Summary(name, manifest["num_samples"], len(files), manifest["skipped"],
                    manifest["repaired"], sum(f.bytes for f in files), time.perf_counter() - t0)
+
+
+def _build_split(name: str, split_dir: Path, dest: Path, work: Path, *, classes: list[str],
+                 settings: Settings, pool: ProcessPoolExecutor | None, strict: bool,
+                 listed: list[Candidate] | None, publisher: Publisher | None) -> tuple[dict, list[ShardFile]]:
+    """Under the split's lock: verdicts, shards, then samples.tsv and the manifest, in `dest`."""
+    previous = work / "settings.json"
+    old = json.loads(previous.read_text())["settings"] if previous.exists() else None
+    _check_settings(old, settings, dest, what="an unfinished run")
+    write_atomic(previous, json.dumps({"settings": asdict(settings)}).encode())
+    cands = listed if listed is not None else list_candidates(split_dir, classes)
+    stream = verdicts(split_dir, cands, work, max_side=settings.max_side, pool=pool,
+                      how=settings.validate)
+    if strict:  # every verdict before any shard
+        stream = list(stream)
+        _strict_check(name, cands, stream)
+    writer = ShardWriter(name, dest, split_dir, work=work, settings=settings, pool=pool,
+                         candidates=len(cands), publisher=publisher)
+    seen = []
+    for c, v in zip(cands, stream, strict=True):  # strict: the stream ends, closing its journal
+        seen.append(v)
+        writer.add(c, v)
+    files = writer.finish()
+    if writer.retry:
+        _retry_error(name, writer.retry, written=len(files))
+    if not writer.kept:
+        raise UserError(f"{split_dir}: none of its {len(cands)} files can be kept ({_reasons(seen)}); "
+                        "nothing was sharded")
+    manifest = _manifest(name, classes, settings, jobs=writer.jobs, files=files, cands=cands,
+                         verdicts=seen)
+    samples = _samples_tsv(writer.kept)
+    manifest |= {"multilabel": listed is not None, "samples_sha256": hashlib.sha256(samples).hexdigest()}
+    write_atomic(dest / SAMPLES, samples)
+    write_atomic(dest / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest, files
 
 
 def _category(reason: str) -> str:

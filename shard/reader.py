@@ -12,6 +12,7 @@ This is the one module the next stage imports from shard/:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import errno
 import hashlib
 import io
@@ -78,6 +79,11 @@ class Split:
     manifest_sha256: str = ""
     multilabel: bool = False
     samples_sha256: str | None = None  # None: a manifest of an older version, which did not record it
+    url: str | None = None  # a remote split: where it lives; `dir` is then its local cache
+
+    def where(self, i: int) -> str:
+        """Where tar `i` lives, for messages: its URL for a remote split, else its path."""
+        return f"{self.url}/{self.shards[i].tar}" if self.url else str(self.dir / self.shards[i].tar)
 
     def tar_paths(self) -> list[Path]:
         """Absolute paths of the tars, in shard order."""
@@ -100,6 +106,8 @@ class Split:
         member other than the shard's first sample (one stat and one 512-byte read), and with
         `content` a sha256 other than the manifest's (one read of the whole tar)."""
         entry, path = self.shards[i], self.dir / self.shards[i].tar
+        if self.url and not path.exists():
+            return self._remote_problem(i)
         try:
             with open(path, "rb") as f:
                 size, head = os.fstat(f.fileno()).st_size, f.read(512)
@@ -116,6 +124,23 @@ class Split:
             return f"{path}: its first member is {name!r}, not {first!r}"
         if content and digest != entry.sha256:
             return f"{path}: sha256 {digest[:12]}…, the manifest says {entry.sha256[:12]}…"
+        return None
+
+    def _remote_problem(self, i: int) -> str | None:
+        """tar_problem of a remote tar not in the cache: its size and first header, read remotely."""
+        from msnpipe import remote
+
+        entry, url = self.shards[i], self.where(i)
+        try:
+            size, head = remote.size(url), remote.read_bytes(url, 0, 512)
+        except FileNotFoundError:
+            return f"{url}: missing"
+        if size != entry.bytes:
+            return f"{url}: {size} bytes, the manifest says {entry.bytes}"
+        name = head[:100].split(b"\0", 1)[0].decode("utf-8", "replace")
+        first = f"{self.key(self.shard_range(i).start)}.jpg"
+        if entry.num_samples and name != first:
+            return f"{url}: its first member is {name!r}, not {first!r}"
         return None
 
     def labels(self) -> np.ndarray:
@@ -184,22 +209,59 @@ def _read_tsv(split_dir: Path, num_samples: int, sha256: str | None) -> list[lis
     return rows[1:]
 
 
-def read_manifest(path: Path, raw: bytes | None = None) -> dict:
-    """A manifest.json (or its bytes `raw`) as a dict; a ShardFormatError naming the file if it
-    is not valid JSON."""
+def read_manifest(path: Path | str, raw: bytes | None = None) -> dict:
+    """A manifest.json (or its bytes `raw`, read from `path`, a file or a URL) as a dict; a
+    ShardFormatError naming the file if it is not valid JSON."""
     try:
-        m = json.loads(path.read_bytes() if raw is None else raw)
+        m = json.loads(Path(path).read_bytes() if raw is None else raw)
     except (OSError, ValueError) as e:
         raise ShardFormatError(f"{path}: not valid JSON ({e}); the split is damaged: remove "
-                               f"{path.parent} and shard it again") from None
+                               f"{str(path).rsplit('/', 1)[0]} and shard it again") from None
     if not isinstance(m, dict):
         raise ShardFormatError(f"{path}: not a manifest (a JSON object expected)")
     return m
 
 
-def open_split(root: Path | str, name: str) -> Split:
-    """The complete split `root/name`; a clear error if it is missing or unfinished."""
-    split_dir = Path(root) / plain_name(name, "--split")
+def default_cache(url: str) -> Path:
+    """Where a remote split is cached on this machine: $MSNPIPE_CACHE (else ~/.cache/msnpipe)
+    / the URL's scheme, bucket and prefix."""
+    base = Path(os.environ.get("MSNPIPE_CACHE") or Path.home() / ".cache" / "msnpipe")
+    scheme, _, rest = url.partition("://")
+    return base / scheme / rest.strip("/")
+
+
+def _fetch_metadata(root: str, name: str, cache: Path) -> Path:
+    """A remote split's manifest.json and samples.tsv copied into `cache/name` (the manifest, the
+    commit record, first: a split whose manifest is absent is unfinished); that folder."""
+    from msnpipe import remote
+
+    url, local = remote.join(root, name), cache / name
+    local.mkdir(parents=True, exist_ok=True)
+    try:
+        remote.get_file(remote.join(url, MANIFEST), local / MANIFEST)
+    except FileNotFoundError:
+        raise ShardFormatError(f"{url}/{MANIFEST}: not found (the split is unfinished, or no such split: "
+                               "rerun python -m shard)") from None
+    try:
+        remote.get_file(remote.join(url, SAMPLES), local / SAMPLES)
+    except FileNotFoundError:
+        raise ShardFormatError(f"{url}/{SAMPLES}: not found beside its manifest; the split is damaged: "
+                               "shard it again") from None
+    return local
+
+
+def open_split(root: Path | str, name: str, *, cache: Path | None = None) -> Split:
+    """The complete split `root/name`; a clear error if it is missing or unfinished. A remote
+    root (a URL) has its manifest and samples.tsv read into `cache` (default_cache), and its
+    tars are fetched there as they are needed (embed.source.RemoteShards)."""
+    from msnpipe import remote
+
+    plain_name(name, "--split")
+    if remote.is_url(root):
+        url = remote.join(str(root), name)
+        split = open_split(_fetch_metadata(str(root), name, cache or default_cache(str(root))).parent, name)
+        return dataclasses.replace(split, url=url)
+    split_dir = remote.local(root) / name
     path = split_dir / MANIFEST
     if not path.is_file():
         hint = "it is unfinished: rerun python -m shard" if split_dir.is_dir() else "no such split"
@@ -256,5 +318,11 @@ def read_index(idx_path: Path) -> list[tuple[str, str, int, int]]:
 
 
 def list_splits(root: Path | str) -> list[str]:
-    """Names of the complete splits under `root` (folders holding a manifest)."""
-    return sorted(p.parent.name for p in Path(root).glob(f"*/{MANIFEST}"))
+    """Names of the complete splits under `root` (folders, or prefixes, holding a manifest)."""
+    from msnpipe import remote
+
+    if remote.is_url(root):
+        fs, path = remote.filesystem(str(root))
+        found = remote.retried(str(root), lambda: fs.glob(f"{path.rstrip('/')}/*/{MANIFEST}"))
+        return sorted(p.rsplit("/", 2)[-2] for p in found)
+    return sorted(p.parent.name for p in remote.local(root).glob(f"*/{MANIFEST}"))

@@ -19,6 +19,7 @@ sample: shard, key, source path, decoder and its message) on any mismatch.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -28,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
+from msnpipe import remote
 from msnpipe.decoders import DECODERS, Sample, failures, usable
+from msnpipe.remote import location
 from msnpipe.runtime import UserError, command
 from shard.reader import ShardFormatError, Split, list_splits, open_split, read_index
 from shard.writer import index_of_tar
@@ -178,7 +181,7 @@ def chosen_decoders(decode: bool, names: str | None) -> list[str]:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m shard.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("out", type=Path, help="the OUT folder given to python -m shard")
+    p.add_argument("out", type=location, help="the OUT given to python -m shard: a folder or a URL")
     p.add_argument("--splits", help="comma-separated splits (default: every complete split)")
     p.add_argument("--decode", action="store_true",
                    help="also decode every JPEG with every decoder that can run here")
@@ -186,6 +189,24 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                    help="decoding processes (default: all cores)")
     return p.parse_args(argv)
+
+
+def _opened(out: Path | str, name: str) -> Split:
+    """The split to verify; a remote one copied whole into its cache first (every object the
+    manifest lists), where the checks then read it."""
+    split = open_split(out, name)
+    if split.url is None:
+        return split
+    log.info("%s: copying its %d shards (%.1f MB) to %s to read them", split.url, len(split.shards),
+             sum(s.bytes for s in split.shards) / 1e6, split.dir)
+    for s in split.shards:
+        for item in (s.idx, s.tar):
+            try:
+                remote.get_file(remote.join(split.url, item), split.dir / item)
+            except FileNotFoundError:
+                where = remote.join(split.url, item)
+                raise ShardFormatError(f"{where}: missing (the manifest lists it)") from None
+    return dataclasses.replace(split, url=None)
 
 
 def run(a: argparse.Namespace) -> int:
@@ -197,7 +218,7 @@ def run(a: argparse.Namespace) -> int:
     failed = False
     for name in names:
         try:
-            problems = verify_split(open_split(a.out, name), decoders, workers=max(1, a.workers))
+            problems = verify_split(_opened(a.out, name), decoders, workers=max(1, a.workers))
         except ShardFormatError as e:
             problems = [str(e)]
         for line in problems:
