@@ -24,6 +24,7 @@ from embed.config import Config
 from embed.encoders import ENCODERS, KINDS, get_spec
 from embed.pipeline import CHOICES as DECODERS
 from embed.store import DTYPES
+from msnpipe.remote import location
 from msnpipe.runtime import UserError, command
 
 log = logging.getLogger("embed")
@@ -36,13 +37,14 @@ def _batch(text: str) -> int | None:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m embed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("shards", type=Path, help="the OUT folder of python -m shard")
+    p.add_argument("shards", type=location, help="the OUT of python -m shard: a folder or a URL (s3://...)")
     p.add_argument("--split", required=True, help="split to embed (a folder of SHARDS)")
     p.add_argument("--encoder", required=True,
                    help=f"one or more (comma-separated) of: {', '.join(ENCODERS)}")
     p.add_argument("--weights", required=True,
                    help="checkpoint file, folder of <name>.pth.tar, or 'random' (demos/tests only)")
-    p.add_argument("--out", type=Path, required=True, help="Zarr store (created if absent)")
+    p.add_argument("--out", type=location, required=True,
+                   help="Zarr store, a folder or a URL (created if absent)")
     p.add_argument("--kind", choices=KINDS, default="cls_prenorm",
                    help="cls_prenorm (default, the reference), cls (after the final norm), mean")
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
@@ -67,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="also embed the first K images in fp32 eager; record min/mean cosine")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="dtype of stored rows")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="remote shards: the local folder their tars are fetched into (default: "
+                        "$MSNPIPE_CACHE or ~/.cache/msnpipe, then the URL's path)")
+    p.add_argument("--cache-gb", type=float, default=8.0,
+                   help="remote shards: the most GB of tars held in the cache at once (default 8)")
     p.add_argument("--views", type=int, default=0, metavar="K",
                    help="also embed K augmented views per image into `views` [N, K, D] (default 0)")
     p.add_argument("--augment", choices=("msn", "simclr", "none"), default="msn",
@@ -90,7 +97,7 @@ def parse_args(argv: list[str] | None = None):
                       kind=a.kind, precision=a.precision, compile=a.compile, batch_size=a.batch_size,
                       device=a.device, check_drift=a.check_drift, dtype=a.dtype, views=a.views,
                       augment=a.augment, view_seed=a.view_seed, decoder=a.decoder, hw_share=a.hw_share,
-                      cpu_share=a.cpu_share, **extra)
+                      cpu_share=a.cpu_share, cache=a.cache, cache_gb=a.cache_gb, **extra)
     except UserError as e:
         p.error(str(e))
 

@@ -20,11 +20,11 @@ MAX_VIEWS = 64  # views a run makes per image (MSN trained with 12); more is a t
 class Config:
     """Every setting of one `python -m embed` run (see __main__ for the options)."""
 
-    shards: Path
+    shards: Path | str             # a folder, or a URL (s3://bucket/shards)
     split: str
     encoders: tuple[str, ...]
     weights: str
-    out: Path
+    out: Path | str                # a Zarr store: a folder, or a URL
     kind: str = "cls_prenorm"      # cls_prenorm | cls | mean
     precision: str = "auto"        # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
     compile: bool | None = None    # None: on CUDA only
@@ -39,6 +39,8 @@ class Config:
     hw_share: float | None = None  # the hardware JPEG engines' share of a batch (None: the library's)
     cpu_share: float = 0.0         # nvimgcodec on a GPU: the share of a batch decoded on CPU threads
     threads: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
+    cache: Path | None = None      # a remote split's local cache (None: shard.reader.default_cache)
+    cache_gb: float = 8.0          # the most tars of a remote split held there at once
 
     def __post_init__(self):
         """Values out of range are one UserError naming the setting (the command line turns it
@@ -54,5 +56,7 @@ class Config:
                                  ("--batch-size", self.batch_size, 1)):
             if value is not None and value < low:
                 raise UserError(f"{name} {value}: a whole number >= {low}")
+        if not self.cache_gb > 0:
+            raise UserError(f"--cache-gb {self.cache_gb}: a size in GB above 0")
         if self.decoder not in CHOICES:
             raise UserError(f"--decoder {self.decoder!r}: one of {', '.join(CHOICES)}")

@@ -30,6 +30,7 @@ import numpy as np
 
 from embed import store
 from msnpipe.files import plain_name
+from msnpipe.remote import location
 from msnpipe.runtime import command
 from shard.reader import shard_span
 
@@ -162,7 +163,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path)
     p.add_argument("--encoder", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=location, required=True, help="a Zarr store: a folder or a URL")
     p.add_argument("--overwrite", action="store_true", help="replace groups made from other files, whole")
     return p.parse_args(argv)
 

@@ -70,9 +70,10 @@ def group_attrs(spec: EncoderSpec, cfg: Config, *, split: Split, info: dict, ide
         "encoder": spec.name, "architecture": spec.arch, "spec": spec.describe(), "kind": cfg.kind,
         "weights": info["weights"], "weights_sha256": info["weights_sha256"],
         "random_weights": info["random_weights"], "preprocessing": identity["preprocessing"],
-        "precision": identity["precision"], "shards": str(split.dir),
+        "precision": identity["precision"], "shards": split.url or str(split.dir),
         "shards_manifest_sha256": split.manifest_sha256, "num_shards": len(split.shards),
         "skipped_files": len(split.skipped), "classes": split.classes, "identity": identity,
+        "key_digits": split.key_digits,
     }
 
 

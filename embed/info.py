@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 
 from embed import store
+from embed.store import store_exists
+from msnpipe.remote import location
 
 
 def describe(path: Path) -> list[str]:
@@ -37,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     """Print the store's groups; exit status 1 if there is no store."""
     p = argparse.ArgumentParser(prog="python -m embed.info", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     a = p.parse_args(argv)
-    if not (a.store / "zarr.json").exists():
+    if not store_exists(a.store):
         print(f"{a.store}: not a Zarr store", file=sys.stderr)
         return 1
     lines = describe(a.store)

@@ -38,7 +38,7 @@ from embed.encoders import EncoderSpec, get_spec
 from embed.group import device_name, ensure_group, group_attrs, group_identity, record_run, recorded_decoder
 from embed.pipeline import Tuning, batches, resolve
 from embed.runner import EncoderRunner, HostRows, auto_batch
-from embed.source import CheckedShards, refuse_changed
+from embed.source import CheckedShards, RemoteShards, refuse_changed, shards_of
 from embed.views import ViewRecipe
 from msnpipe.runtime import UserError, pick_device
 from shard.reader import Split, open_split, shard_of
@@ -76,7 +76,7 @@ class Pending:
 
 
 def prepare_targets(cfg: Config, split: Split, device: torch.device, *, precision: str, dist: Dist,
-                    locks: ExitStack, shards: CheckedShards) -> list[Target]:
+                    locks: ExitStack, shards: CheckedShards | RemoteShards) -> list[Target]:
     """Load every encoder; rank 0 locks and creates or checks its group; all ranks open it."""
     labels, paths = split.labels(), split.paths()  # samples.tsv checked before anything is made
     loaded = []
@@ -130,17 +130,29 @@ def decode_threads(cfg: Config, device: torch.device) -> int:
     return max(1, cfg.threads if device.type == "cuda" else cfg.threads // 2)
 
 
-def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Config,
-          device: torch.device, batch: int, show: bool) -> dict:
-    """Embed every sample of `shard_ids` with every target; return timings (Clock.stats)."""
-    order = np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
+def _order(split: Split, shard_ids: list[int]) -> np.ndarray:
+    return np.concatenate([np.arange(0)] + [np.array(split.shard_range(i)) for i in shard_ids])
+
+
+def _batches(split: Split, group: list[int], *, cfg: Config, pre, device: torch.device, batch: int):
+    """Every sample of the shards of `group` (their tars on this machine), in batches."""
     views = ViewRecipe(cfg.views, cfg.augment, cfg.view_seed) if cfg.views else None
     tars, idxs = split.tar_paths(), split.idx_paths()
-    stream = batches(cfg.decoder, [tars[i] for i in shard_ids], [idxs[i] for i in shard_ids], order=order,
-                     pre=targets[0].spec.preprocess, batch_size=batch, device=device,
-                     threads=decode_threads(cfg, device), views=views,
-                     tuning=Tuning(cfg.hw_share, cfg.cpu_share))
-    bar = tqdm(total=len(order), desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
+    return batches(cfg.decoder, [tars[i] for i in group], [idxs[i] for i in group],
+                   order=_order(split, group), pre=pre, batch_size=batch, device=device,
+                   threads=decode_threads(cfg, device), views=views,
+                   tuning=Tuning(cfg.hw_share, cfg.cpu_share))
+
+
+def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Config, shards,
+          device: torch.device, batch: int, show: bool) -> dict:
+    """Embed every sample of `shard_ids` with every target, group by group of shards on this
+    machine (all at once for a local split); return timings (Clock.stats)."""
+    total = len(_order(split, shard_ids))
+    stream = (b for group in shards.groups(shard_ids)
+              for b in _batches(split, group, cfg=cfg, pre=targets[0].spec.preprocess, device=device,
+                                batch=batch))
+    bar = tqdm(total=total, desc=f"embed {split.name}", unit="img", disable=not show, smoothing=0.05)
     clock = Clock(device)
     previous: list[Pending] = []
     try:
@@ -161,7 +173,7 @@ def _loop(targets: list[Target], split: Split, shard_ids: list[int], *, cfg: Con
         bar.close()
     for p in previous:
         p.land()
-    return clock.stats(len(order))
+    return clock.stats(total)
 
 
 def undecodable(e: DecodeError, split: Split, cfg: Config, *, targets: list[Target]) -> UserError:
@@ -170,7 +182,7 @@ def undecodable(e: DecodeError, split: Split, cfg: Config, *, targets: list[Targ
     s, _ = shard_of(e.index, split.samples_per_shard)
     done = int(sum(store.done_shards(targets[0].group))) if targets else 0
     return UserError(
-        f"{split.tar_paths()[s]}: sample {split.key(e.index)} ({split.paths()[e.index]}): {e.decoder} cannot "
+        f"{split.where(s)}: sample {split.key(e.index)} ({split.paths()[e.index]}): {e.decoder} cannot "
         f"decode it ({e.message}). {done} of {len(split.shards)} shards are done and stay done. "
         f"`python -m shard.verify {cfg.shards} --splits {split.name} --decode` lists every such sample; "
         f"shard the split again with this version, which re-encodes what not every decoder reads")
@@ -202,14 +214,14 @@ def _finish(targets: list[Target], dist: Dist) -> bool | None:
 def run(cfg: Config) -> dict:
     """Embed one split with every encoder of `cfg`; return a summary."""
     dist, device, precision = _runtime(cfg)
-    split = open_split(cfg.shards, cfg.split)
+    split = open_split(cfg.shards, cfg.split, cache=cfg.cache)
     decoder = resolve(cfg.decoder, device, views=cfg.views > 0, recorded=recorded_decoder(cfg, split.name))
     cfg = dataclasses.replace(cfg, decoder=decoder)
     if split.num_samples == 0:
         raise UserError(f"{split.dir}: the split holds no sample (every file was skipped); nothing to embed")
     refuse_changed(split)
     with ExitStack() as locks:
-        shards = CheckedShards(split)
+        shards = shards_of(split, cache_bytes=int(cfg.cache_gb * 2**30))
         locks.callback(shards.close)
         targets = prepare_targets(cfg, split, device, precision=precision, dist=dist, locks=locks,
                                   shards=shards)
@@ -227,7 +239,8 @@ def run(cfg: Config) -> dict:
         log.info("rank %d/%d: %d shards to embed on %s, batch %d, %s, compile %s, decoder %s", dist.rank,
                  dist.world, len(mine), device_name(device), batch, precision, targets[0].runner.compiled,
                  cfg.decoder)
-        stats = _loop(targets, split, mine, cfg=cfg, device=device, batch=batch, show=dist.rank == 0)
+        stats = _loop(targets, split, mine, cfg=cfg, shards=shards, device=device, batch=batch,
+                      show=dist.rank == 0)
         complete = _finish(targets, dist)
     return stats | {"rank": dist.rank, "world": dist.world, "batch": batch, "device": str(device),
                     "precision": precision, "complete": complete}

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from msnpipe import remote
 from msnpipe.files import exclusive, naming, plain_name
 from msnpipe.runtime import UserError
 from shard.reader import shard_span
@@ -108,10 +109,26 @@ def _named(encoder: str, split: str) -> tuple[str, str]:
     return plain_name(encoder, "--encoder"), plain_name(split, "--split")
 
 
+def _meta_exists(store: Path | str, *parts: str) -> bool:
+    """Whether STORE/<parts>/zarr.json exists (a file, or an object of a remote store)."""
+    if remote.is_url(store):
+        return remote.exists(remote.join(str(store), *parts, "zarr.json"))
+    return remote.local(store).joinpath(*parts, "zarr.json").is_file()
+
+
+def store_exists(store: Path | str) -> bool:
+    """Whether STORE is a Zarr store (its root zarr.json is there)."""
+    return _meta_exists(store)
+
+
 def writer_lock(store: Path | str, encoder: str, split: str) -> AbstractContextManager:
-    """Hold the one-writer lock of group (encoder, split); a second writer gets Busy naming us."""
+    """Hold the one-writer lock of group (encoder, split); a second writer gets Busy naming us.
+    On a remote store, a lock object made by a conditional put (msnpipe.remote.RemoteLock)."""
     _named(encoder, split)
-    folder = Path(store) / LOCKS
+    if remote.is_url(store):
+        return remote.RemoteLock(remote.join(str(store), LOCKS, f"{encoder}--{split}.lock"),
+                                 f"{store}: {encoder}/{split}")
+    folder = remote.local(store) / LOCKS
     folder.mkdir(parents=True, exist_ok=True)
     return exclusive(folder / f"{encoder}--{split}.lock", f"{store}: {encoder}/{split}")
 
@@ -174,8 +191,12 @@ def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout,
                  overwrite: bool = False, fill: Callable[[zarr.Group], None] | None = None) -> zarr.Group:
     """Create group (encoder, split) atomically: built under STORE/.tmp, `fill(group)` writing its
     rows there (for an import), then swapped into place. An existing group is an error unless
-    `overwrite`, which replaces it whole. Call it holding `writer_lock`."""
+    `overwrite`, which replaces it whole. Call it holding `writer_lock`. A remote store has no
+    rename: the group is built in place (_create_in_place)."""
     _named(encoder, split)
+    if remote.is_url(store):
+        return _create_in_place(str(store), encoder, split, layout=layout, attrs=attrs, overwrite=overwrite,
+                                fill=fill)
     root = _open_root(store, "a")
     root.require_group(encoder)
     final = Path(store) / encoder / split
@@ -195,10 +216,31 @@ def create_group(store: Path | str, encoder: str, split: str, *, layout: Layout,
     return open_group(store, encoder, split, mode="a")
 
 
+def _create_in_place(store: str, encoder: str, split: str, *, layout: Layout, attrs: dict, overwrite: bool,
+                     fill: Callable[[zarr.Group], None] | None) -> zarr.Group:
+    """create_group on a store without rename: an existing group (unless `overwrite`, which
+    removes it first), then every array, then `fill`, and only then its attributes, identity among
+    them: until they are written the group is not whole (is_whole), and the next create replaces
+    it. A reader never takes a half-made group for a finished one."""
+    url = remote.join(store, encoder, split)
+    if remote.exists(url):  # a group, or what a killed creation left of one
+        group = open_group(store, encoder, split, mode="a")
+        if group is not None and is_whole(group) and not overwrite:
+            raise StoreError(f"{store}: {encoder}/{split} already exists; pass --overwrite to replace it")
+        remote.remove(url, recursive=True)
+    root = _open_root(store, "a")
+    root.require_group(encoder)
+    g = _build(url, layout, {})
+    if fill is not None:
+        fill(g)
+    g.attrs.update(attrs | {"complete": g.attrs.get("complete", False), "layout": asdict(layout)})
+    return open_group(store, encoder, split, mode="a")
+
+
 def open_group(store: Path | str, encoder: str, split: str, *, mode: str = "r") -> zarr.Group | None:
     """The group of (encoder, split), or None when the store or the group does not exist."""
     _named(encoder, split)
-    if not (Path(store) / encoder / split / "zarr.json").is_file():
+    if not _meta_exists(store, encoder, split):
         return None
     root = _open_root(store, mode)
     try:
@@ -243,7 +285,7 @@ def digest(name: str, shard: int, start: int, data) -> int:
     crc = zlib.crc32(struct.pack("<qq", shard, start) + name.encode())
     if name == "paths":
         return zlib.crc32("\0".join(data).encode("utf-8"), crc)
-    return zlib.crc32(np.ascontiguousarray(data).tobytes(), crc)
+    return zlib.crc32(np.ascontiguousarray(data), crc)  # the buffer itself: no copy
 
 
 def write_shard(group: zarr.Group, shard: int, start: int, *, rows: np.ndarray, labels: np.ndarray,
@@ -427,7 +469,9 @@ def list_groups(store: Path | str) -> list[tuple[str, str]]:
 def group_folders(store: Path | str) -> list[tuple[str, str, bool]]:
     """(encoder, split, whether its zarr.json is there) of every group folder in the store: a
     folder holding arrays counts, with or without its metadata."""
-    root = Path(store)
+    if remote.is_url(store):
+        return _remote_group_folders(str(store))
+    root = remote.local(store)
     out = []
     for e in sorted(root.iterdir()) if root.is_dir() else []:
         if e.is_dir() and not e.name.startswith("."):
@@ -436,6 +480,19 @@ def group_folders(store: Path | str) -> list[tuple[str, str, bool]]:
                 if s.is_dir() and not s.name.startswith(".") and (meta or (s / "embeddings").is_dir()):
                     out.append((e.name, s.name, meta))
     return out
+
+
+def _remote_group_folders(store: str) -> list[tuple[str, str, bool]]:
+    fs, path = remote.filesystem(store)
+    found = remote.retried(store, lambda: fs.glob(f"{path.rstrip('/')}/*/*/*/zarr.json"))
+    groups: dict[tuple[str, str], bool] = {}
+    for name in found:  # <encoder>/<split>/<array>/zarr.json: a group folder holding arrays
+        encoder, split = name[len(path.rstrip("/")) + 1:].split("/")[:2]
+        if not encoder.startswith(".") and not split.startswith("."):
+            groups[(encoder, split)] = False
+    for key in groups:
+        groups[key] = remote.exists(remote.join(store, *key, "zarr.json"))
+    return [(e, s, meta) for (e, s), meta in sorted(groups.items())]
 
 
 def rerun_hint(group: zarr.Group) -> str:
@@ -450,7 +507,7 @@ def open_embeddings(store: Path | str, encoder: str, split: str, *,
     """The group for (encoder, split); a clear error if it is absent, unfinished or empty."""
     g = open_group(store, encoder, split)
     if g is None:
-        have = list_groups(store) if Path(store).is_dir() else []
+        have = list_groups(store) if remote.is_url(store) or Path(store).is_dir() else []
         listed = ", ".join(f"{e}/{s}" for e, s in have) or "nothing"
         raise StoreError(f"{store}: no {encoder}/{split} (the store holds: {listed})")
     if require_complete and not g.attrs.get("complete", False):

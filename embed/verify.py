@@ -24,6 +24,8 @@ import numpy as np
 import zarr
 
 from embed import store
+from msnpipe import remote
+from msnpipe.remote import location
 from msnpipe.runtime import UserError, command
 from shard.reader import shard_span
 
@@ -44,10 +46,13 @@ class Problem:
         return f"{where}{self.array}: {self.what}"
 
 
-def _chunk_file(group: zarr.Group, store_path: Path, name: str, *, shard: int) -> Path:
+def _chunk_written(group: zarr.Group, store_path: Path | str, name: str, *, shard: int) -> bool:
+    """Whether shard `shard`'s chunk of array `name` was ever stored (a file, or an object)."""
     array = group[name]
     key = array.metadata.encode_chunk_key((shard,) + (0,) * (array.ndim - 1))
-    return store_path / group.path / name / key
+    if remote.is_url(store_path):
+        return remote.exists(remote.join(str(store_path), group.path, name, key))
+    return (Path(store_path) / group.path / name / key).is_file()
 
 
 def _done_flags(group: zarr.Group) -> tuple[np.ndarray, list[Problem]]:
@@ -71,7 +76,7 @@ def _check_chunk(group: zarr.Group, store_path: Path, name: str, *, shard: int, 
                  want: int | None) -> Problem | None:
     """One shard's chunk of array `name`: there, decodable, finite, and (`want`: its digest) what
     was written at this place."""
-    if not _chunk_file(group, store_path, name, shard=shard).is_file():
+    if not _chunk_written(group, store_path, name, shard=shard):
         return Problem(shard, name, "marked done but never written (chunk missing)")
     try:
         block = np.asarray(group[name][lo:hi])
@@ -134,7 +139,7 @@ def repair(store_path: Path, encoder: str, split: str, *, problems: list[Problem
 
 
 def _groups(path: Path, encoder: str | None, split: str | None) -> list[tuple[str, str, bool]]:
-    if not (path / "zarr.json").is_file():
+    if not store.store_exists(path):
         raise UserError(f"{path}: not a Zarr store")
     groups = [(e, s, whole) for e, s, whole in store.group_folders(path)
               if encoder in (None, e) and split in (None, s)]
@@ -157,7 +162,7 @@ def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> 
         if not whole:
             log.error("%s/%s: zarr.json is missing: the group's metadata (what made its rows) is lost, which "
                       "--repair cannot restore; remove %s and embed (or import) it again", enc, spl,
-                      path / enc / spl)
+                      f"{path}/{enc}/{spl}")
             sound = False
             continue
         try:
@@ -168,8 +173,9 @@ def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> 
             continue
         _report(enc, spl, problems)
         if not problems:
-            log.info("%s/%s: ok, every chunk of the %d shards marked done read back as written", enc, spl,
-                     done)
+            bare = "paths" not in store.open_group(path, enc, spl)
+            log.info("%s/%s: ok, every chunk of the %d shards marked done read back as written%s", enc, spl,
+                     done, " (no paths: imported without filepaths, which is valid)" if bare else "")
             continue
         sound = False
         if fix and any(p.shard is not None for p in problems):
@@ -183,7 +189,7 @@ def verify(path: Path, encoder: str | None, split: str | None, *, fix: bool) -> 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m embed.verify", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", default=None, help="only this encoder's groups")
     p.add_argument("--split", default=None, help="only this split's groups")
     p.add_argument("--repair", action="store_true",

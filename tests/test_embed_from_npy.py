@@ -125,3 +125,17 @@ def test_paths_with_empty_lines_read_back(tmp_path):
     assert main(_args(folder, tmp_path / "s.zarr")) == 0
     assert verify_main([str(tmp_path / "s.zarr")]) == 0
     assert store.open_embeddings(tmp_path / "s.zarr", "e", "train").paths[999:1001] == ["", "c/0.jpg"]
+
+
+def test_bare_npy_without_filepaths_imports_into_a_store_verify_calls_sound(tmp_path, caplog):
+    """Published embeddings often come as bare .npy: verify once failed such a store ("paths:
+    marked done but never written"); a group without paths is valid and says so."""
+    from embed.verify import main as verify_main
+
+    folder = _files(tmp_path / "npy", split="train")
+    out = tmp_path / "s.zarr"
+    assert main(_args(folder, out)) == 0
+    assert verify_main([str(out)]) == 0
+    assert "e/train: ok" in caplog.text
+    assert "no paths: imported without filepaths, which is valid" in caplog.text
+    assert "never written" not in caplog.text
