@@ -31,8 +31,8 @@ setup: ## create .venv with the pinned versions (reuses a .venv whose pins match
 		&& echo "$$want" > $(VENV)/.requirements.sha256 && echo "setup: $(VENV) ready"; \
 	fi
 
-demo: setup ## whole pipeline on a generated image set, on the CPU, in a few minutes
-	$(PY) -m bench.demo --out $(OUT)/demo
+demo: setup ## whole pipeline on a generated image set, on the CPU, in a few minutes (OUT may be s3://...)
+	$(PY) -m bench.demo $(if $(findstring ://,$(OUT)),--data $(OUT)/demo --out out/demo,--out $(OUT)/demo)
 
 test: setup ## run the test suite (tests marked gpu skip without CUDA)
 	$(PY) -m pytest

@@ -1,8 +1,9 @@
-"""python -m bench [shard|decode|embed|probe|active|e2e|all|tolerance|gpu] [--quick] [--device auto|cpu|cuda]
+"""python -m bench [shard|decode|embed|probe|active|e2e|remote|all|tolerance|gpu] [--quick] [--device D]
 
     python -m bench all --quick         # `make bench`: small inputs, a few minutes on a CPU
     python -m bench embed --device cuda # every encoder, full size, on the GPU
     python -m bench tolerance           # what the probes' default tol costs (bench.tolerance)
+    python -m bench remote              # shards on S3 against local ones (MSNPIPE_BENCH_S3, else moto)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
     python -m bench gpu --scale 50000   # ... with N ImageNet-like JPEGs in the decode and embed sections
 
@@ -20,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCHES = ("shard", "decode", "embed", "probe", "active", "e2e", "tolerance")
-ALL = BENCHES[:6]  # what `all` runs
+BENCHES = ("shard", "decode", "embed", "probe", "active", "e2e", "remote", "tolerance")
+ALL = BENCHES[:7]  # what `all` runs
 log = logging.getLogger("bench")
 
 

@@ -2,6 +2,7 @@
 
     make demo                                  # the same, setting up .venv first if needed
     python -m bench.demo --out out/demo --classes 4 --train 6 --val 3   # smaller
+    python -m bench.demo --out out/demo --data s3://bucket/demo         # shards and store in a bucket
 
 Runs the README's commands one after another: a labelled ImageFolder of ImageNet-like JPEGs
 (with a few broken files, so the shard report has something to say) -> shards -> a
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from bench.synthetic import make_image_folder
+from msnpipe.remote import local_only
 
 ROOT = Path(__file__).parents[1]
 ENCODER = "vits16_800ep"
@@ -37,9 +39,17 @@ def step(title: str, *args: str) -> None:
     print(f"({time.perf_counter() - t:.1f} s)", flush=True)
 
 
-def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_class: int) -> dict[str, Path]:
-    """Every stage in order; return where the results are."""
-    images, shards, store, probe = out / "images", out / "shards", out / "embeddings.zarr", out / "probe"
+def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_class: int,
+             data: Path | str | None = None) -> dict[str, Path | str]:
+    """Every stage in order; return where the results are. `data` (a folder or a URL; default
+    `out`) holds the shards and the store."""
+    from msnpipe import remote
+
+    data = data if data is not None else out
+    def join(name: str) -> Path | str:
+        return remote.join(str(data), name) if remote.is_url(data) else Path(data) / name
+
+    images, shards, store, probe = out / "images", join("shards"), join("embeddings.zarr"), out / "probe"
     active = out / "active"
     weights = out / "weights" / f"{ENCODER}.pth.tar"
     if not (images / "val").exists():
@@ -81,7 +91,9 @@ def run_demo(out: Path, classes: int, train: int, *, val: int, seeds: int, per_c
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("out/demo"))
+    p.add_argument("--out", type=local_only, default=Path("out/demo"))
+    p.add_argument("--data", default=None,
+                   help="where the shards and the store go: a folder or a URL (default: --out)")
     p.add_argument("--classes", type=int, default=10)
     p.add_argument("--train", type=int, default=24, help="train images per class")
     p.add_argument("--val", type=int, default=8, help="val images per class")
@@ -91,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.per_class > a.train:
         p.error("--per-class cannot exceed --train")
     t = time.perf_counter()
-    where = run_demo(a.out, a.classes, a.train, val=a.val, seeds=a.seeds, per_class=a.per_class)
+    where = run_demo(a.out, a.classes, a.train, val=a.val, seeds=a.seeds, per_class=a.per_class, data=a.data)
     print(f"\n== demo finished in {time.perf_counter() - t:.0f} s (weights were RANDOM: "
           f"`make weights` fetches the real MSN checkpoints)")
     for name, path in where.items():

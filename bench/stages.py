@@ -7,10 +7,13 @@ and reused across benchmarks of one run.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +109,7 @@ class Workspace:
         return path if path.exists() else save_random_checkpoint(path, get_spec(encoder))
 
 
-def _run_shard(src: Path, out: Path, split: str, *, per_shard: int = 100) -> None:
+def _run_shard(src: Path, out: Path | str, split: str, *, per_shard: int = 100) -> None:
     cmd = [sys.executable, "-m", "shard", str(src), str(out), "--splits", split,
            "--samples-per-shard", str(per_shard)]  # default workers, as users run it
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
@@ -189,12 +192,14 @@ def bench_decode(ws: Workspace) -> list[Row]:
     return rows
 
 
-def _embed_ours(ws: Workspace, encoder: str, decoder: str, *, counter) -> int:
+def _embed_ours(ws: Workspace, encoder: str, decoder: str, *, counter, shards: str | None = None) -> int:
     from embed.run import Config, run
 
     out = ws.root / f"store_{next(counter)}.zarr"
-    stats = run(Config(shards=ws.prepare_shards(), split="val", encoders=(encoder,), decoder=decoder,
-                       weights=str(ws.prepare_checkpoint(encoder)), out=out, device=str(ws.device)))
+    stats = run(Config(shards=shards or ws.prepare_shards(), split="val", encoders=(encoder,),
+                       decoder=decoder,
+                       weights=str(ws.prepare_checkpoint(encoder)), out=out, device=str(ws.device),
+                       cache=ws.root / "cache"))
     shutil.rmtree(out)
     return stats["images"]
 
@@ -511,3 +516,98 @@ def bench_e2e(ws: Workspace) -> list[Row]:
                 "reference_seconds": {k: round(median(refs, k), 2) for k in refs[0]}}
     return [Row("e2e", "ImageFolder to few-shot curve", ws.device.type, mine.summary(), reference.summary(),
                 "shard + embed + probe", "compute_embeddings.py + evaluate_embeddings.py", settings)]
+
+
+@contextmanager
+def _remote_prefix(ws: Workspace) -> Iterator[str | None]:
+    """An s3:// prefix to benchmark against: $MSNPIPE_BENCH_S3 (the user's bucket; endpoint and
+    credentials from the environment, as for any run), else a moto S3 server on a local port
+    (its own bucket); None when neither is there."""
+    if url := os.environ.get("MSNPIPE_BENCH_S3"):
+        yield url.rstrip("/") + "/msnpipe-bench"
+        return
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:
+        yield None
+        return
+    import socket
+
+    import boto3
+    import s3fs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "bench",
+           "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the subprocesses of the shard bench inherit it
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="bench")
+        yield "s3://bench"
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        s3fs.S3FileSystem.clear_instance_cache()
+
+
+def bench_remote(ws: Workspace) -> list[Row]:
+    """Shards on object storage against the same shards on the local disk, same run: python -m
+    shard publishing to s3:// against writing a folder, and python -m embed reading s3:// shards
+    (through its cache, the next group fetched while one is embedded) against local ones."""
+    from msnpipe import remote
+
+    encoder = ws.sizes.encoders[0]
+    src, images = ws.prepare_shard_images(), ws.sizes.classes * ws.sizes.shard_per_class
+    local_shards = ws.prepare_shards()
+    ws.prepare_checkpoint(encoder)
+    with _remote_prefix(ws) as prefix:
+        if prefix is None:
+            return [Row("remote", case, ws.device.type, skipped="no S3 endpoint: set MSNPIPE_BENCH_S3 or "
+                        "install moto[server]") for case in ("shard to s3://", "embed from s3://")]
+        where = "a local moto server" if "MSNPIPE_BENCH_S3" not in os.environ else "$MSNPIPE_BENCH_S3"
+        out, counter = ws.root / "remote_local", itertools.count()
+
+        def publish() -> int:
+            _run_shard(src, f"{prefix}/shards-{next(counter)}", "val")
+            return images
+
+        def write() -> int:
+            _run_shard(src, out, "val")
+            return images
+
+        shard_local = measure(write, ws.sizes.repeats, after=lambda: shutil.rmtree(out, ignore_errors=True))
+        shard_remote = measure(publish, ws.sizes.repeats)
+        write()
+
+        def upload() -> int:  # the same bytes, uploaded by s3fs alone: what the store itself costs
+            fs, path = remote.filesystem(f"{prefix}/copy-{next(counter)}")
+            fs.put(str(out), path, recursive=True)
+            return images
+
+        bare = measure(upload, ws.sizes.repeats)
+        _run_shard(ws.prepare_images(), f"{prefix}/shards", "val")  # embed's: the bytes of local_shards
+        def embed(shards: str | None) -> int:
+            return _embed_ours(ws, encoder, "torchvision", counter=counter, shards=shards)
+
+        embed_local = measure(lambda: embed(None), ws.sizes.repeats)
+        embed_remote = measure(lambda: embed(f"{prefix}/shards"), ws.sizes.repeats)
+        remote.remove(prefix, recursive=True)
+    settings = {"store": where, "samples_per_shard": 100}
+    return [Row("remote", f"shard to s3:// ({where})", "cpu", shard_remote.summary(), shard_local.summary(),
+                "python -m shard SRC s3://... (local stage, upload, manifest last)",
+                "python -m shard SRC DIR (local disk)",
+                settings | {"images": images, "bare_upload_s": bare.summary()["median_s"]}),
+            Row("remote", f"embed from s3:// ({where})", ws.device.type, embed_remote.summary(),
+                embed_local.summary(), f"python -m embed s3://... --encoder {encoder} (cache, read-ahead)",
+                "python -m embed DIR (local shards)",
+                settings | {"images": ws.num_images, "encoder": encoder, "local": str(local_shards)})]

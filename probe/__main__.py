@@ -19,10 +19,10 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 from embed.store import ORDERS, row_order
 from msnpipe.files import writable_dir
+from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, float_list, int_list, positive_float
 from probe.backends import CHOICES, SOLVER_DTYPES, recorded_dtype, resolve
@@ -37,9 +37,9 @@ log = logging.getLogger("probe")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=local_only, required=True)
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="val")
     p.add_argument("--per-class", type=int_list, default=tuple(range(1, 11)), help="default 1-10")

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from msnpipe.files import write_atomic
+from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, int_list, positive_float
 from probe.backends import CHOICES, class_positions
@@ -64,9 +65,9 @@ class Plan:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.active", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=local_only, required=True)
     p.add_argument("--strategies", default=",".join(STRATEGY_NAMES),
                    help=f"comma-separated, of: {', '.join(STRATEGY_NAMES)} (default: all)")
     p.add_argument("--init", type=int, default=1,

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from embed.store import EmbeddingSet, StoreError, list_groups, open_embeddings, open_group
+from msnpipe.remote import local_only, location
 from msnpipe.runtime import command, pick_device
 from probe.args import at_least
 from probe.data import open_pair
@@ -192,11 +193,11 @@ def markdown(r: dict) -> str:
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.diagnose", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", required=True)
     p.add_argument("--split", default="val")
     p.add_argument("--train-split", default="train", help="kNN memory")
-    p.add_argument("--out", type=Path, default=Path("out/diagnose"))
+    p.add_argument("--out", type=local_only, default=Path("out/diagnose"))
     p.add_argument("--max-rows", type=at_least(2), default=20000, help="rows sampled for pairwise metrics")
     p.add_argument("--tsne-classes", type=at_least(1), default=20)
     p.add_argument("--tsne-per-class", type=at_least(1), default=50)

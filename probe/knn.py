@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embed.store import EmbeddingSet
+from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import int_list, positive_float
 from probe.data import open_pair
@@ -120,7 +120,7 @@ def evaluate(train: EmbeddingSet, test: EmbeddingSet, ks: tuple[int, ...], *, te
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.knn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", required=True)
     p.add_argument("--train-split", default="train")
     p.add_argument("--test-split", default="val")
@@ -128,7 +128,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=positive_float, default=TEMPERATURE,
                    help="of the votes' weights exp(sim / T), default 0.07")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--out", type=Path, default=None, help="append results to OUT/knn.csv")
+    p.add_argument("--out", type=local_only, default=None, help="append results to OUT/knn.csv")
     a = p.parse_args(argv)
     a.ks = a.k
     if 0 in a.ks:

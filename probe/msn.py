@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from embed.store import EmbeddingSet
+from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, few, pick_device
 from probe.args import at_least, positive_float
 from probe.backends import CHOICES, fit, resolve, score
@@ -97,7 +98,7 @@ def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m probe.msn", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("store", type=Path)
+    p.add_argument("store", type=location, help="a Zarr store: a folder or a URL (s3://...)")
     p.add_argument("--encoder", required=True)
     p.add_argument("--subset", type=Path, required=True, nargs="+", help="one or more subset files")
     p.add_argument("--train-split", default="train")
@@ -107,7 +108,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backend", choices=CHOICES, default="auto",
                    help="auto: torch on a GPU, else numpy (scikit-learn's solve, faster)")
     p.add_argument("--device", default="auto", help="where the torch backend runs: auto, cpu, cuda[:N]")
-    p.add_argument("--out", type=Path, default=None, help="append results to OUT/msn.csv")
+    p.add_argument("--out", type=local_only, default=None, help="append results to OUT/msn.csv")
     return p.parse_args(argv)
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msnpipe.remote import local_only
 from msnpipe.runtime import UserError
 from probe.results import read_results
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m probe.plot", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dirs", type=Path, nargs="+")
-    p.add_argument("--out", type=Path, required=True, help="image file (.png, .svg, .pdf)")
+    p.add_argument("--out", type=local_only, required=True, help="image file (.png, .svg, .pdf)")
     p.add_argument("--logx", action="store_true", help="log-scale number of labels")
     p.add_argument("--best-C", action="store_true", help="best C per label count (C sweeps)")
     a = p.parse_args(argv)

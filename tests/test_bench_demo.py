@@ -28,3 +28,21 @@ def test_demo_end_to_end(tmp_path, capfd):
     assert len(active) == 4 * 2 * 4  # 4 strategies x 2 seeds x rounds 0-3
     assert {int(r["n_labels"]) for r in active} == {3, 6, 9, 12}
     assert where["active"].read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_the_demo_with_its_data_in_a_bucket_equals_the_local_run(tmp_path, s3, capfd):
+    """`--data s3://...`: the shards byte for byte, the rows and the curves of the local run."""
+    import numpy as np
+
+    from probe.results import read_results
+    from tests.conftest import tree_bytes
+
+    local = run_demo(tmp_path / "local", classes=3, train=4, val=2, seeds=1, per_class=2)
+    remote = run_demo(tmp_path / "remote", classes=3, train=4, val=2, seeds=1, per_class=2, data=f"{s3}/demo")
+    assert tree_bytes(f"{s3}/demo/shards") == tree_bytes(tmp_path / "local" / "shards")
+    for split in ("train", "val"):
+        a, b = (open_embeddings(w["store"], "vits16_800ep", split) for w in (local, remote))
+        assert np.array_equal(np.asarray(a.embeddings[:]), np.asarray(b.embeddings[:]))
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "fit_seconds"} for r in rows]  # noqa: E731
+    assert drop(read_results(local["csv"])) == drop(read_results(remote["csv"]))
