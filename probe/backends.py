@@ -7,10 +7,16 @@
     positions = class_positions(head.classes, y_test) # [N] rows of head.classes, -1 where absent
 
 Every backend minimises scikit-learn's objective, C * sum(log loss) + ||W||^2 / 2 with an
-unpenalized intercept (or none), and stops when max |gradient| of the mean-scaled objective
-<= tol: scikit-learn (lbfgs, the CPU), numpy (probe.numpy_lr: scikit-learn's lbfgs solve with
-a faster loss, the CPU), cuML (a GPU), torch (probe.torch_lr: a batched L-BFGS, CPU or GPU,
-that fits many problems at once). `auto` is the measured fastest here: see `resolve`.
+unpenalized intercept (or none): scikit-learn (lbfgs, the CPU), numpy (probe.numpy_lr, the
+CPU), cuML (a GPU), torch (probe.torch_lr: a batched L-BFGS, CPU or GPU, that fits many
+problems at once). `auto` is the measured fastest here: see `resolve`.
+
+`tol=None` (the default) solves to the optimum: numpy and torch in the preconditioned basis
+(probe.precondition) until its certificate holds, scikit-learn and cuML with their own solvers
+at a tolerance tightened (from a warm start) until it holds. A number stops each solver at
+max |gradient| of the mean-scaled objective <= tol, as scikit-learn's tol does. Either way
+every Head carries its certificate (`grad_norm`, `converged`), computed here the same way for
+every backend, so a fit that stopped short is named, never averaged in silently.
 
 A Head always has one row per class: scikit-learn's binary fit (one weight vector w) is the
 head [0, w], whose softmax is scikit-learn's [1 - sigmoid, sigmoid]. Its arrays are numpy
@@ -36,7 +42,7 @@ import numpy as np
 
 from msnpipe.runtime import UserError, cuda_available
 
-TOL = 1e-4  # scikit-learn's default tol, for every backend
+TOL = 1e-4  # scikit-learn's default tol: the seed protocol's (the default is None: certified)
 SOLVER_DTYPES = ("auto", "float32", "float64")
 log = logging.getLogger("probe")
 
@@ -136,6 +142,25 @@ class Head:
     intercept: Any
     classes: np.ndarray
     n_iter: int | None = None
+    grad_norm: float | None = None  # max |gradient| of the mean-scaled objective at the solution
+    converged: bool | None = None  # whether probe.precondition's certificate holds
+
+    def certified(self, x, codes: np.ndarray, *, C: float, fit_intercept: bool = True) -> Head:
+        """This head with its certificate on the rows x [n, D] and class codes [n] it was fit on."""
+        from probe.precondition import certify
+
+        coef, intercept = self.coef, self.intercept
+        if isinstance(coef, np.ndarray) != isinstance(x, np.ndarray):  # rows and head of one kind
+            import torch
+
+            if isinstance(x, np.ndarray):
+                x = torch.as_tensor(x, device=coef.device)
+            else:
+                coef = torch.as_tensor(coef, device=x.device)
+                intercept = torch.as_tensor(intercept, device=x.device)
+        cert = certify(x, codes, coef, intercept if fit_intercept else None, C=C)
+        self.grad_norm, self.converged = cert.grad_norm, cert.converged
+        return self
 
 
 def _full(coef, intercept):
@@ -150,19 +175,45 @@ def _full(coef, intercept):
     return torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(intercept), intercept])
 
 
-def _sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype):
+def _sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype, init=None):
+    """scikit-learn's own solve: at `tol`, or (None) from `init` at a tolerance divided by 100
+    until the certificate holds (its lbfgs has no other stopping rule to give it)."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol).fit(x, codes)
-    return model.coef_, np.atleast_1d(model.intercept_), int(model.n_iter_[0])
+    if tol is not None:
+        model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=tol).fit(x, codes)
+        return model.coef_, np.atleast_1d(model.intercept_), int(model.n_iter_[0])
+    x = np.asarray(x, np.float64)  # float32 products stall far short of the optimum
+    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, tol=1e-4, warm_start=True)
+    binary = int(codes.max()) == 1
+    if init is not None and not binary:
+        model.coef_, model.intercept_ = (np.asarray(init[0], np.float64).copy(),
+                                         np.asarray(init[1], np.float64).copy())
+    spent = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        while True:
+            model.max_iter = max(1, max_iter - spent)
+            model.fit(x, codes)
+            spent += int(model.n_iter_[0])
+            coef, intercept = _full(model.coef_, np.atleast_1d(model.intercept_))
+            head = Head(coef, intercept, np.arange(coef.shape[0])).certified(
+                x, codes, C=C, fit_intercept=fit_intercept)
+            if head.converged or spent >= max_iter or model.tol < 1e-15:
+                return model.coef_, np.atleast_1d(model.intercept_), spent
+            model.tol /= 100
 
 
-def _cuml_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype):
+def _cuml_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype, init=None):
     import cupy as cp
     from cuml.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, penalty="l2", tol=tol,
-                               output_type="numpy")
+    # cuML's quasi-Newton solver takes no warm start: `tol` None asks it for the optimum
+    model = LogisticRegression(C=C, max_iter=max_iter, fit_intercept=fit_intercept, penalty="l2",
+                               tol=1e-10 if tol is None else tol, output_type="numpy")
     model.fit(cp.asarray(x), cp.asarray(codes))
     n_iter = getattr(model, "n_iter_", None)
     intercept = np.atleast_1d(np.asarray(model.intercept_)) if fit_intercept else np.zeros(1)
@@ -172,10 +223,13 @@ def _cuml_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype):
 
 
 def fit(backend: str, x, y: np.ndarray, *, C: float, max_iter: int, fit_intercept: bool = True,
-        device: str = "cpu", tol: float = TOL, solver_dtype: str = "auto") -> Head:
+        device: str = "cpu", tol: float | None = None, solver_dtype: str = "auto",
+        init: Head | None = None) -> Head:
     """The head fit on rows x [n, D] (numpy; torch also takes a tensor) with labels y [n], over
-    the classes of y. `solver_dtype`: the precision to solve in (`auto`: float64 for torch, the
-    rows' own for the others)."""
+    the classes of y, with its certificate. `tol`: None solves to the optimum, a number stops
+    at max |gradient| <= tol. `init`: a warm start (another fit's head over the same classes;
+    it changes how long the solve takes, not where a certified one ends). `solver_dtype`: the
+    precision to solve in (`auto`: float64 for torch, the rows' own for the others)."""
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r}; one of {', '.join(CHOICES)}")
     classes, codes = np.unique(np.asarray(y), return_inverse=True)
@@ -184,23 +238,44 @@ def fit(backend: str, x, y: np.ndarray, *, C: float, max_iter: int, fit_intercep
     module, function = BACKENDS[backend].fit.split(":")
     solve = getattr(importlib.import_module(module), function)
     dtype = torch_dtype(solver_dtype) if backend == "torch" else None
+    start = None
+    if init is not None and len(init.classes) == len(classes) and np.array_equal(init.classes, classes):
+        start = tuple(np.asarray(a.cpu() if hasattr(a, "cpu") else a, np.float64)
+                      for a in (init.coef, init.intercept))
     coef, intercept, n_iter = solve(x, codes, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept,
-                                    device=device, dtype=dtype)
-    return Head(*_full(coef, intercept), classes, n_iter)
+                                    device=device, dtype=dtype, init=start)
+    head = Head(*_full(coef, intercept), classes, n_iter)
+    return head.certified(x, codes, C=C, fit_intercept=fit_intercept)
 
 
-def fit_batch(xs, ys, Cs, *, classes: np.ndarray, max_iter: int, tol: float = TOL, device: str = "cpu",
-              dtype=None) -> list[Head]:
+def fit_batch(xs, ys, Cs, *, classes: np.ndarray, max_iter: int, tol: float | None = None,
+              device: str = "cpu",
+              dtype=None, init: list[Head] | None = None) -> list[Head]:
     """P problems in one torch solve: rows xs [P, n, D] (a tensor), class positions ys [P, n] in
-    0..K-1 (every class present in each), one C each; a Head for each (torch tensors)."""
+    0..K-1 (every class present in each), one C each, optional warm starts; a Head for each
+    (torch tensors), with its certificate."""
     import torch
 
     from probe import torch_lr
 
+    start = None
+    if init is not None:
+        start = (torch.stack([h.coef for h in init]).to(xs), torch.stack([h.intercept for h in init]).to(xs))
     fit = torch_lr.fit_many(xs, ys, torch.as_tensor(Cs, dtype=torch.float64), num_classes=len(classes),
-                            max_iter=max_iter, tol=tol)
+                            max_iter=max_iter, tol=tol, init=start)
     bias = fit.bias if fit.bias is not None else torch.zeros(fit.weights.shape[:2]).to(fit.weights)
-    return [Head(fit.weights[i], bias[i], classes, int(fit.n_iter[i])) for i in range(len(fit.weights))]
+    codes = ys.cpu().numpy()
+    return [Head(fit.weights[i], bias[i], classes, int(fit.n_iter[i])).certified(xs[i], codes[i],
+                                                                                  C=float(Cs[i]))
+            for i in range(len(fit.weights))]
+
+
+def convergence(head: Head | None) -> dict:
+    """A result row's columns of how a fit stopped: grad_norm (3 digits) and converged (1, 0, or
+    empty for no fit)."""
+    if head is None or head.converged is None:
+        return {"grad_norm": None, "converged": None}
+    return {"grad_norm": f"{head.grad_norm:.3g}", "converged": int(head.converged)}
 
 
 def logits(head: Head, x):
@@ -209,7 +284,9 @@ def logits(head: Head, x):
     if isinstance(head.coef, np.ndarray):
         dtype = x.dtype if x.dtype in (np.float32, np.float64) else np.dtype(np.float64)
         return x.astype(dtype, copy=False) @ head.coef.T.astype(dtype) + head.intercept.astype(dtype)
-    return x.to(head.coef) @ head.coef.T + head.intercept
+    import torch
+
+    return torch.as_tensor(x).to(head.coef) @ head.coef.T + head.intercept
 
 
 def predict_proba(head: Head, x) -> np.ndarray:

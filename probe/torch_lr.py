@@ -41,14 +41,36 @@ class BatchFit:
 
 
 class _Problems:
-    """The data of the problems still being solved, and their objective."""
+    """The data of the problems still being solved, their objective and their stopping rule:
+    max |gradient| <= tol, or (tol None) probe.precondition's certificate, from `scale`: each
+    problem's column scales a [P, D], C * n [P], max row radius [P] and class frequencies [P, K]."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, *, binary: bool, intercept: bool):
-        self.x, self.y, self.reg = x, y, reg  # [P, n, D], [P, n], [P]
-        self.binary, self.intercept = binary, intercept
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, reg: torch.Tensor, *, binary: bool, intercept: bool,
+                 tol: float | None, scale: dict[str, torch.Tensor] | None = None):
+        self.x, self.y, self.reg = x, y, reg  # [P, n, D], [P, n], [P] or [P, D] (a penalty per column)
+        self.binary, self.intercept, self.tol, self.scale = binary, intercept, tol, scale or {}
 
     def keep(self, mask: torch.Tensor) -> None:
         self.x, self.y, self.reg = self.x[mask], self.y[mask], self.reg[mask]
+        self.scale = {k: v[mask] for k, v in self.scale.items()}
+
+    def met(self, g: torch.Tensor) -> torch.Tensor:
+        """[P] bool: whether each problem's gradient g [P, N] meets its stopping rule."""
+        if self.tol is not None:
+            return g.abs().amax(-1) <= self.tol
+        from probe.precondition import LOGIT_BOUND
+
+        p, d = g.shape[0], self.x.shape[2]
+        g = g.view(p, -1, d + int(self.intercept))
+        bound = self.scale["cn"] * torch.linalg.norm((g[..., :d] / self.scale["a"][:, None, :]).flatten(1),
+                                                     dim=-1) * self.scale["reach"]
+        ok = bound <= LOGIT_BOUND
+        if self.intercept:
+            ok &= (g[..., d].abs() / self.scale["frequency"]).amax(-1) <= LOGIT_BOUND
+        return ok
+
+    def _penalty(self) -> torch.Tensor:
+        return self.reg[:, None, None] if self.reg.ndim == 1 else self.reg[:, None, :]  # [P, 1, 1 or D]
 
     def logits(self, theta: torch.Tensor) -> torch.Tensor:
         """[P, n, K] (binary: class 0's logit is 0)."""
@@ -65,11 +87,11 @@ class _Problems:
         z = self.logits(theta)
         lse = torch.logsumexp(z, -1)  # [P, n]
         picked = z.gather(-1, self.y[..., None])[..., 0]
-        f = (lse - picked).mean(1) + 0.5 * self.reg * (w * w).sum((1, 2))
+        f = (lse - picked).mean(1) + 0.5 * (self._penalty() * w * w).sum((1, 2))
         g = torch.exp(z - lse[..., None])  # softmax [P, n, K]
         g.scatter_add_(-1, self.y[..., None], -torch.ones_like(picked[..., None]))
         g = (g[..., 1:] if self.binary else g) / n  # d mean-loss / d logits
-        gw = torch.bmm(g.transpose(1, 2), self.x) + self.reg[:, None, None] * w  # [P, Kp, D]
+        gw = torch.bmm(g.transpose(1, 2), self.x) + self._penalty() * w  # [P, Kp, D]
         return f, (torch.cat([gw, g.sum(1)[..., None]], -1) if self.intercept else gw)
 
 
@@ -113,7 +135,7 @@ def _line_search(problems: _Problems, theta, f, *, gflat, d, step):
     return accepted, new_theta, new_f, new_g
 
 
-def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, *, tol: float
+def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int
            ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """Solve every problem from theta [P, Kp, D(+1)]; (theta, n_iter [P], converged [P])."""
     p_total = theta.shape[0]
@@ -124,7 +146,7 @@ def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, *, tol: floa
     hist_s = theta.new_zeros(p_total, MEMORY, g.shape[1])
     hist_y, valid = torch.zeros_like(hist_s), torch.zeros(p_total, MEMORY, dtype=torch.bool, device=g.device)
     its, newest = torch.zeros(p_total, dtype=torch.long, device=g.device), MEMORY - 1
-    done, ok = g.abs().amax(-1) <= tol, torch.ones(p_total, dtype=torch.bool, device=g.device)
+    done, ok = problems.met(g), torch.ones(p_total, dtype=torch.bool, device=g.device)
     for it in range(max_iter + 1):
         if bool(done.any()) or it == max_iter:
             stop = done if it < max_iter else torch.ones_like(done)
@@ -148,22 +170,29 @@ def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int, *, tol: floa
         largest = torch.maximum(torch.maximum(f.abs(), new_f.abs()), torch.ones_like(f))
         decrease = (f - new_f) <= FTOL * largest
         theta, f, g, its = new_theta, new_f, new_g, its + accepted.long()
-        ok = accepted | (g.abs().amax(-1) <= tol)
-        done = ~accepted | (g.abs().amax(-1) <= tol) | (accepted & decrease)
+        met = problems.met(g)
+        ok = accepted | met
+        done = ~accepted | met | (accepted & decrease)
     return out, n_iter, converged
 
 
 def fit_many(x: torch.Tensor, y: torch.Tensor, Cs: torch.Tensor, *, num_classes: int,
-             fit_intercept: bool = True, max_iter: int = 1000, tol: float = 1e-4) -> BatchFit:
+             fit_intercept: bool = True, max_iter: int = 1000, tol: float | None = 1e-4,
+             init: tuple[torch.Tensor, torch.Tensor] | None = None) -> BatchFit:
     """Fit P problems: rows x [P, n, D] (float32 or float64, on any device), labels y [P, n]
-    (0..K-1), inverse L2 weights Cs [P]."""
+    (0..K-1), inverse L2 weights Cs [P]. `tol` None: to the optimum, in the preconditioned basis
+    (probe.precondition) from `init` (warm starts: weights [P, K, D], bias [P, K]) or zeros."""
     p, n, d = x.shape
     binary = num_classes == 2
     k = 1 if binary else num_classes
+    if tol is None and not binary:
+        return _certified_many(x, y, Cs, num_classes=num_classes, fit_intercept=fit_intercept,
+                               max_iter=max_iter, init=init)
     reg = 1.0 / (Cs.to(x) * n)
-    problems = _Problems(x, y.long(), reg, binary=binary, intercept=fit_intercept)
+    problems = _Problems(x, y.long(), reg, binary=binary, intercept=fit_intercept,
+                         tol=1e-12 if tol is None else tol)
     theta = x.new_zeros(p, k, d + int(fit_intercept))
-    theta, n_iter, converged = _lbfgs(problems, theta, max_iter, tol=tol)
+    theta, n_iter, converged = _lbfgs(problems, theta, max_iter)
     w, b = theta[..., :d], theta[..., d] if fit_intercept else None
     if binary:  # as K rows: class 0 at zero
         w = torch.cat([torch.zeros_like(w), w], 1)
@@ -171,19 +200,63 @@ def fit_many(x: torch.Tensor, y: torch.Tensor, Cs: torch.Tensor, *, num_classes:
     return BatchFit(w, b, n_iter, converged)
 
 
+def _bases(x: torch.Tensor, Cs: torch.Tensor, *, classes: int, center: bool):
+    """probe.precondition.Basis of every problem at once: (mean [P, D], V [P, D, r], a [P, r]),
+    r = min(n, D); directions beyond a problem's rank are zero columns with a = 1 (no data, so
+    their weights stay 0)."""
+    p, n, d = x.shape
+    x = x.double()
+    mean = x.mean(1) if center else x.new_zeros(p, d)
+    xc = x - mean[:, None, :]
+    if n >= d:
+        s2, v = torch.linalg.eigh(xc.transpose(1, 2) @ xc)  # [P, D], [P, D, D]
+    else:
+        s2, u = torch.linalg.eigh(xc @ xc.transpose(1, 2))  # [P, n], [P, n, n]
+        v = xc.transpose(1, 2) @ u / s2.clamp_min(1e-300).sqrt()[:, None, :]
+    keep = s2 > s2[:, -1:].clamp_min(1.0) * max(n, d) * torch.finfo(torch.float64).eps
+    v = v * keep[:, None, :]
+    a = torch.where(keep, 1.0 / (Cs.to(x)[:, None] / classes * s2 + 1.0).sqrt(), torch.ones_like(s2))
+    return mean, v, a
+
+
+def _certified_many(x, y, Cs, *, num_classes, fit_intercept, max_iter, init) -> BatchFit:
+    """The problems solved in their preconditioned bases until each one's certificate holds."""
+    p, n, d = x.shape
+    mean, v, a = _bases(x, Cs, classes=num_classes, center=fit_intercept)
+    xc = x.double() - mean[:, None, :]
+    z = ((xc @ v) * a[:, None, :]).to(x.dtype)  # [P, n, r]
+    r = z.shape[2]
+    counts = torch.zeros(p, num_classes, dtype=torch.float64, device=x.device)
+    counts.scatter_add_(1, y.long(), torch.ones_like(y, dtype=torch.float64))
+    scale = {"a": a.to(x.dtype), "cn": (Cs.to(x) * n), "reach": (xc**2).sum(-1).amax(-1).sqrt().to(x.dtype),
+             "frequency": (counts / n).clamp_min(1 / n).to(x.dtype)}
+    problems = _Problems(z, y.long(), (a**2 / (Cs.to(a)[:, None] * n)).to(x.dtype), binary=False,
+                         intercept=fit_intercept, tol=None, scale=scale)
+    theta = z.new_zeros(p, num_classes, r + int(fit_intercept))
+    if init is not None:
+        w0, b0 = (t.double() for t in init)
+        theta[..., :r] = ((w0 @ v) / a[:, None, :]).to(theta)
+        if fit_intercept:
+            theta[..., r] = (b0 + (w0 @ mean[..., None])[..., 0]).to(theta)
+    theta, n_iter, converged = _lbfgs(problems, theta, max_iter)
+    w = (theta[..., :r].double() * a[:, None, :]) @ v.transpose(1, 2)  # [P, K, D]
+    b = theta[..., r].double() - (w @ mean[..., None])[..., 0] if fit_intercept else None
+    return BatchFit(w.to(x.dtype), None if b is None else b.to(x.dtype), n_iter, converged)
+
 def logits(fit: BatchFit, i: int, x: torch.Tensor) -> torch.Tensor:
     """Problem i's logits [N, K] for rows x [N, D]."""
     z = x.to(fit.weights) @ fit.weights[i].T
     return z + fit.bias[i] if fit.bias is not None else z
 
 
-def fit(x, codes: np.ndarray, *, C: float, max_iter: int, tol: float, fit_intercept: bool = True,
-        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64):
+def fit(x, codes: np.ndarray, *, C: float, max_iter: int, tol: float | None, fit_intercept: bool = True,
+        device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64, init=None):
     """One problem (probe.backends' fit): rows x [n, D] (numpy or a tensor) with class codes [n]
     in 0..K-1 -> (coef [K, D], intercept [K], iterations), tensors on `device`."""
     x = torch.as_tensor(x, device=device).to(dtype)
     y = torch.as_tensor(np.asarray(codes), device=x.device)
+    start = None if init is None else tuple(torch.as_tensor(t, device=x.device)[None] for t in init)
     one = fit_many(x[None], y[None], torch.tensor([C], dtype=torch.float64), num_classes=int(codes.max()) + 1,
-                   fit_intercept=fit_intercept, max_iter=max_iter, tol=tol)
+                   fit_intercept=fit_intercept, max_iter=max_iter, tol=tol, init=start)
     bias = one.bias[0] if one.bias is not None else torch.zeros(one.weights.shape[1]).to(one.weights)
     return one.weights[0], bias, int(one.n_iter[0])

@@ -1,6 +1,6 @@
-"""probe --backend numpy against scikit-learn itself: its loss and gradient call for call, and
-on float64 rows its fits iteration for iteration (the converged CLI curve is in
-test_probe_torch.py, with the torch backend's)."""
+"""probe --backend numpy against scikit-learn itself: its loss and gradient call for call, and,
+at a given tol, on float64 rows its fits iteration for iteration (the certified fits, to the
+optimum, are in test_probe_converged.py; the CLI curve in test_probe_torch.py)."""
 
 import numpy as np
 import pytest
@@ -71,7 +71,16 @@ def test_on_float32_rows_both_round_alike():
 
 def test_two_classes_are_scikit_learns_binary_fit():
     x, y, xt, _ = _rows(2, 16, 20, seed=5)
-    head = fit("numpy", x, y, C=0.5, max_iter=1000)
+    head = fit("numpy", x, y, C=0.5, max_iter=1000, tol=1e-4)
     ref = LogisticRegression(C=0.5, max_iter=1000).fit(x, y)
     np.testing.assert_allclose(predict_proba(head, xt), ref.predict_proba(xt), atol=1e-6)  # float32 softmax
     assert head.n_iter == ref.n_iter_[0]
+
+
+def test_two_classes_certified_reach_scikit_learns_binary_optimum():
+    """tol None: scikit-learn's binary fit, tightened from a warm start until its certificate holds."""
+    x, y, xt, _ = _rows(2, 16, 20, seed=5)
+    head = fit("numpy", x, y, C=0.5, max_iter=1000)
+    ref = LogisticRegression(C=0.5, max_iter=10000, tol=1e-12).fit(x.astype(np.float64), y)
+    assert head.converged and head.grad_norm < 1e-6
+    np.testing.assert_allclose(predict_proba(head, xt), ref.predict_proba(xt), atol=1e-4)
