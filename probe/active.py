@@ -38,7 +38,7 @@ from msnpipe.files import write_atomic
 from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, pick_device
 from probe.args import at_least, int_list, positive_float
-from probe.backends import CHOICES, class_positions
+from probe.backends import CHOICES, class_positions, convergence
 from probe.results import ResultFile, group_identity
 
 log = logging.getLogger("probe")
@@ -175,7 +175,8 @@ def load_pool(train, test, *, pool_max: int, device: str, reference: dict) -> Po
 
 
 def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
-    """(the head fit on pool positions `at`, seconds): scikit-learn's objective at plan.C over the
+    """(the head fit on pool positions `at`, seconds, the backend's Head with its certificate or None
+    for a constant head): scikit-learn's objective at plan.C over the
     classes those rows hold (probe.backends: the torch solver on the pool's device, a CPU backend
     on the rows rounded to float32, exactly what `python -m probe` fits), as a Head over all the
     pool's classes (a class with no label yet never wins: its bias is -1e9). Labels of one class
@@ -189,6 +190,7 @@ def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
     x = pool.features[at]  # [n, D]
     labels = pool.labels[at]
     seen = np.unique(labels)
+    fitted = None
     if len(seen) == 1:
         coef, inter = x.new_zeros(1, x.shape[1]), x.new_zeros(1)
     elif plan.backend == "torch":
@@ -204,7 +206,7 @@ def fit_head(pool: Pool, at: np.ndarray, plan: Plan):
     bias = torch.full((pool.classes,), -1e9, dtype=x.dtype, device=x.device)
     index = torch.as_tensor(seen, device=x.device)
     weight[index], bias[index] = coef.to(x.dtype), inter.to(x.dtype)
-    return Head(weight, bias), time.perf_counter() - t
+    return Head(weight, bias), time.perf_counter() - t, fitted
 
 
 def _generator(strategy: str, seed: int, round_: int):
@@ -305,10 +307,14 @@ def run_strategy(strategy: str, seed: int, *, pool: Pool, plan: Plan, results: R
         key = {"encoder": encoder, "strategy": strategy, "seed": seed, "round": r}
         if results.has(key) or len(saved.sets[r]) == 0:  # a cold start's round 0 has nothing to fit
             continue
-        head, fit_s = fit_head(pool, saved.sets[r], plan)
+        head, fit_s, fitted = fit_head(pool, saved.sets[r], plan)
         acc, loglik = score_head(head, pool)
         rows.append(key | {"n_labels": len(saved.sets[r]), "test_acc": acc, "test_loglik": loglik,
-                           "select_seconds": round(saved.seconds[r], 4), "fit_seconds": round(fit_s, 4)})
+                           "select_seconds": round(saved.seconds[r], 4), "fit_seconds": round(fit_s, 4)}
+                    | convergence(fitted))
+        if fitted is not None and fitted.converged is False:
+            log.warning("%s, seed %d, round %d: the fit stopped short of the optimum (max |gradient| %.2g); "
+                        "raise --max-iter", strategy, seed, r, fitted.grad_norm)
         results.append(rows[-1])
     if rows:
         log.info("%s, seed %d: accuracy %s", strategy, seed, " ".join(f"{r['test_acc']:.3f}" for r in rows))

@@ -54,6 +54,21 @@ def mean_std(e: EmbeddingSet) -> tuple[np.ndarray, np.ndarray]:
     return mean[None].astype(np.float32), std[None].astype(np.float32)
 
 
+def seed_mean_std(e: EmbeddingSet, order: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The seed script's statistics, bit for bit: the whole split in memory as float32 rows in
+    its files' order (`order`: the sample of each row, None for the store's), then numpy's own
+    float32 `mean(0)` and `std(0)` (their summation order is the rows'), a std below float32
+    epsilon set to 1. Holds the split twice, as the seed does ([N, D] float32 and a temporary)."""
+    x = np.empty(e.shape, np.float32)
+    for start, block in e.row_blocks():
+        x[start : start + len(block)] = block
+    if order is not None:
+        x = x[order]
+    mean, std = x.mean(0, keepdims=True), x.std(0, keepdims=True)
+    std[std < np.finfo(x.dtype).eps] = 1
+    return mean, std
+
+
 @dataclass(frozen=True)
 class Standardized:
     """A whole split in memory, standardized with the train statistics."""

@@ -1,16 +1,25 @@
-"""The reference few-shot protocol, exactly, and fast.
+"""The reference few-shot protocol, at the optimum of its objective or bit for bit the seed's.
 
 For each seed: rng = default_rng(seed); for n = 1, 2, ... (every n up to the largest asked
 for, so draws match the reference even when only some n are fitted): draw n per class,
 fit L2 logistic regression on the train-standardized rows, score on the test split.
 Rows are appended to fewshot.csv as they finish; a rerun skips rows already there.
 
-scikit-learn, numpy and cuML fit one problem at a time. The CPU backends (scikit-learn, numpy)
-fit in this process with one BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x
-faster than with two); once the fits done here have taken POOL_AFTER_S, the rest go to up to
+Two protocols (PROTOCOLS). `converged`, the default, solves each fit to the optimum (tol None:
+probe.precondition's certificate), warm-started from the previous label count of the same
+seed and C: every backend gives the same answer. `seed` is the seed's evaluate_embeddings.py
+bit for bit: its float32 standardization of the whole train split (probe.data.seed_mean_std),
+scikit-learn's LogisticRegression(C, max_iter=1000) on the float32 rows from zeros, scored by
+its own `score` and `log_loss`. Every row records its fit's gradient norm and whether the
+certificate holds; a seed's fits that stopped short of the optimum are named in the log.
+
+scikit-learn, numpy and cuML fit one problem at a time, the label counts of a seed and C (a
+chain: each warm-starts the next) in order. The CPU backends fit in this process with one
+BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x faster than with two), the last
+chain with all `jobs`; once the chains done here have taken POOL_AFTER_S, the rest go to up to
 `jobs` worker processes (one thread each) when that saves more than starting them costs
 (POOL_START_S), so small curves never pay for a pool. torch fits every seed and C of one label
-count as one batched problem (probe.torch_lr).
+count as one batched problem (probe.torch_lr), warm-started from the previous count.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ import numpy as np
 from embed.store import EmbeddingSet
 from msnpipe.pool import ordered_map, worker_pool
 from probe import backends
-from probe.backends import POOLED_BACKENDS, one_blas_thread, torch_dtype
+from probe.backends import POOLED_BACKENDS, torch_dtype
 from probe.data import ClassSampler, Standardized, read_rows
 from probe.results import ResultFile, read_results
 
 log = logging.getLogger("probe")
 POOL_AFTER_S = 3.0  # in-process fit time before the fits' cost is known well enough to decide
 POOL_START_S = 1.5  # starting the workers (measured: 1.05 s for 2 that import scikit-learn)
+PROTOCOLS = ("converged", "seed")
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,15 @@ class Protocol:
     backend: str = "sklearn"
     jobs: int = 1  # fits run at once, each in its own process with one BLAS thread (sklearn, numpy)
     device: str = "cpu"  # where the torch backend runs
-    tol: float = 1e-4  # stop at max |gradient| <= tol (scikit-learn's default)
+    tol: float | None = None  # None: to the optimum (certified); a number: stop at max |gradient| <= tol
     solver_dtype: str = "auto"  # float32 | float64 | auto: float64 for torch, the rows' own for the others
+    protocol: str = "converged"  # or "seed": the seed script's arithmetic and solver, bit for bit
+
+    @property
+    def warm(self) -> bool:
+        """Whether a fit starts from the previous label count's (certified fits only: where the
+        seed's or a fixed tol's solve stops depends on its start)."""
+        return self.protocol == "converged" and self.tol is None
 
 
 @dataclass(frozen=True)
@@ -93,10 +110,10 @@ def run_curve(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std:
     return _one_by_one(train, test, mean, std=std, proto=proto, results=results, tasks=tasks)
 
 
-def _row(encoder: str, t: Task, acc: float, *, loglik: float, backend: str, seconds: float,
-         n_iter: int | None) -> dict:
+def _row(encoder: str, t: Task, acc: float, *, loglik: float, backend: str, seconds: float, head) -> dict:
     return _key(encoder, t) | {"n_labels": len(t.indices), "test_acc": acc, "test_loglik": loglik,
-                               "backend": backend, "fit_seconds": round(seconds, 4), "n_iter": n_iter}
+                               "backend": backend, "fit_seconds": round(seconds, 4),
+                               "n_iter": head.n_iter} | backends.convergence(head)
 
 
 _TEST: Standardized | None = None  # in a worker process: the test split, sent once by _worker
@@ -112,40 +129,101 @@ def _worker(test: Standardized) -> None:
     _TEST = test
 
 
-def _fit_score(task: tuple, test: Standardized | None = None) -> tuple[float, float, float, int | None]:
-    """(accuracy, log-likelihood, seconds, iterations) of one fit (backend, x, y, C, max_iter, tol,
-    solver_dtype), scored on `test` (in a worker: the one _worker was given)."""
+@dataclass(frozen=True)
+class Fit:
+    """What every fit of a chain shares: the solver settings of the curve and its C."""
+
+    backend: str
+    C: float
+    max_iter: int
+    tol: float | None
+    solver_dtype: str
+    protocol: str
+    warm: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One fit's answers and how it stopped (its head without the weights)."""
+
+    acc: float
+    loglik: float
+    seconds: float
+    head: backends.Head
+
+
+def _seed_fit_score(x: np.ndarray, y: np.ndarray, test: Standardized, *, C: float,
+                    max_iter: int) -> tuple[float, float, backends.Head]:
+    """The seed's own lines: LogisticRegression(C, max_iter).fit on the float32 rows, then its
+    model.score and -log_loss(predict_proba) on the test rows; (acc, loglik, head)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    model = LogisticRegression(C=C, max_iter=max_iter).fit(x, y)
+    acc = model.score(test.x, test.y)
+    loglik = -log_loss(test.y, model.predict_proba(test.x), labels=model.classes_)
+    head = backends.Head(*backends._full(model.coef_, np.atleast_1d(model.intercept_)), model.classes_,
+                         int(model.n_iter_[0]))
+    return float(acc), float(loglik), head
+
+
+def _fit_chain(chain: tuple[Fit, list[tuple[np.ndarray, np.ndarray]]], test: Standardized | None = None,
+               threads: int | None = 1) -> list[Outcome]:
+    """The fits of one seed and C in label-count order, each warm-started from the one before
+    (`fit.warm`), scored on `test` (in a worker: the one _worker was given), `threads` BLAS
+    threads."""
     import warnings
 
-    backend, x, y, C, max_iter, tol, dtype = task
+    from threadpoolctl import threadpool_limits
+
+    fit, problems = chain
     test = test if test is not None else _TEST
-    t = time.perf_counter()
-    with warnings.catch_warnings(), one_blas_thread():
-        # one label per class is a few-shot curve's point, not a regression problem
-        warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
-        head = backends.fit(backend, x, y, C=C, max_iter=max_iter, tol=tol, solver_dtype=dtype)
-    x_test = test.x if backend == "torch" or dtype == "auto" else test.x.astype(dtype)
-    acc, loglik = backends.score(head, x_test, test.y)
-    return acc, loglik, time.perf_counter() - t, head.n_iter
+    keep = fit.backend == "torch" or fit.solver_dtype == "auto"
+    x_test = test.x if keep else test.x.astype(fit.solver_dtype)
+    outcomes, previous = [], None
+    for x, y in problems:
+        t = time.perf_counter()
+        with warnings.catch_warnings(), threadpool_limits(threads, user_api="blas"):
+            # one label per class is a few-shot curve's point, not a regression problem
+            warnings.filterwarnings("ignore", message="The number of unique classes is greater than 50%")
+            if fit.protocol == "seed":
+                acc, loglik, head = _seed_fit_score(x, y, test, C=fit.C, max_iter=fit.max_iter)
+                head.certified(x, np.searchsorted(head.classes, y), C=fit.C)
+            else:
+                head = backends.fit(fit.backend, x, y, C=fit.C, max_iter=fit.max_iter, tol=fit.tol,
+                                    solver_dtype=fit.solver_dtype, init=previous if fit.warm else None)
+                acc, loglik = backends.score(head, x_test, test.y)
+        previous = head
+        outcomes.append(Outcome(acc, loglik, time.perf_counter() - t,
+                                backends.Head(None, None, head.classes, head.n_iter, head.grad_norm,
+                                              head.converged)))
+    return outcomes
 
 
-def _fits(train: EmbeddingSet, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
-          tasks: list[Task]) -> Iterator[tuple]:
-    """The arguments of every fit, a seed's rows read in one sorted selection when reached."""
+Chain = tuple[list[Task], tuple[Fit, list[tuple[np.ndarray, np.ndarray]]]]
+
+
+def _chains(train: EmbeddingSet, mean: np.ndarray, *, std: np.ndarray, proto: Protocol,
+            tasks: list[Task]) -> Iterator[Chain]:
+    """(tasks, _fit_chain's argument) of every seed and C, a seed's rows read in one sorted
+    selection when reached."""
     for seed in dict.fromkeys(t.seed for t in tasks):
         mine = [t for t in tasks if t.seed == seed]
         union = np.concatenate([t.indices for t in mine])
-        x_all, y_all, offset = read_rows(train, union, mean, std=std), train.labels[union], 0  # [sum n*K, D]
-        for t in mine:
-            part = slice(offset, offset + len(t.indices))
-            offset += len(t.indices)
-            yield proto.backend, x_all[part], y_all[part], t.C, proto.max_iter, proto.tol, proto.solver_dtype
+        x_all, y_all = read_rows(train, union, mean, std=std), train.labels[union]  # [sum n*K, D]
+        bounds = np.cumsum([0] + [len(t.indices) for t in mine])
+        parts = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        for C in dict.fromkeys(t.C for t in mine):
+            chain = sorted((i for i, t in enumerate(mine) if t.C == C), key=lambda i: mine[i].n)
+            fit = Fit(proto.backend, C, proto.max_iter, proto.tol, proto.solver_dtype, proto.protocol,
+                      proto.warm)
+            yield [mine[i] for i in chain], (fit, [(x_all[parts[i]], y_all[parts[i]]) for i in chain])
 
 
 def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
-    """How many worker processes the `left` remaining fits should go to, given `done` fits here
-    took `spent` seconds (0: keep fitting here): as many as there are fits, up to `jobs`, once
-    POOL_AFTER_S has passed and the time they save exceeds POOL_START_S."""
+    """How many worker processes the `left` remaining chains should go to, given `done` chains
+    here took `spent` seconds (0: keep fitting here): as many as there are chains, up to `jobs`,
+    once POOL_AFTER_S has passed and the time they save exceeds POOL_START_S."""
     if jobs < 2 or left < 2 or spent <= POOL_AFTER_S:
         return 0
     workers, each = min(jobs, left), spent / done
@@ -153,40 +231,57 @@ def pool_workers(*, spent: float, done: int, left: int, jobs: int) -> int:
     return workers if saved > POOL_START_S else 0
 
 
-def _results(proto: Protocol, fits: Iterator[tuple], left: int, *, test: Standardized) -> Iterator[tuple]:
-    """The fits' results in order: here, until pool_workers says the rest should go to worker
-    processes (the CPU backends: scikit-learn, numpy)."""
+def _results(proto: Protocol, chains: Iterator[Chain], left: int, *,
+             test: Standardized) -> Iterator[tuple[list[Task], list[Outcome]]]:
+    """Each chain's outcomes in order: here, until pool_workers says the rest should go to
+    worker processes (the CPU backends: scikit-learn, numpy)."""
     spent, pool = 0.0, None
     try:
-        for i, task in enumerate(fits):
+        for i, (tasks, chain) in enumerate(chains):
             workers = pool_workers(spent=spent, done=i, left=left - i, jobs=proto.jobs)
-            if proto.backend in POOLED_BACKENDS and workers:
+            if proto.backend in POOLED_BACKENDS and workers and proto.protocol != "seed":
                 pool = worker_pool(workers, _worker, (test,))
-                log.info("fits take %.2f s each: the %d left go to %d processes", spent / i, left - i,
+                log.info("a chain of fits takes %.2f s: the %d left go to %d processes", spent / i, left - i,
                          workers)
-                yield from ordered_map(pool, _fit_score, itertools.chain([task], fits))
+                rest = list(itertools.chain([(tasks, chain)], chains))
+                yield from zip((t for t, _ in rest), ordered_map(pool, _fit_chain, (c for _, c in rest)))
                 return
-            result = _fit_score(task, test)
-            spent += result[2]
-            yield result
+            # the last chain here has every core; the seed's fits have its threads (BLAS's default:
+            # scikit-learn's float32 products round differently on another number of threads)
+            threads = None if proto.protocol == "seed" else proto.jobs if left - i == 1 else 1
+            outcomes = _fit_chain(chain, test, threads)
+            spent += sum(o.seconds for o in outcomes)
+            yield tasks, outcomes
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
 
 
+def _flag(rows: list[dict], seed: int) -> None:
+    """One warning naming a seed's fits that did not reach the optimum."""
+    short = [f"n={r['n_per_class']} C={r['C']:g}" for r in rows if r["seed"] == seed and r["converged"] == 0]
+    if short:
+        log.warning("seed %d: %d fits stopped short of the optimum (%s): their numbers depend on the solver "
+                    "(the grad_norm column says how far); raise --max-iter", seed, len(short),
+                    ", ".join(short))
+
+
 def _one_by_one(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: np.ndarray,
-                proto: Protocol,
-                results: ResultFile, tasks: list[Task]) -> list[dict]:
-    """scikit-learn, numpy or cuML: one fit at a time (or `jobs` at once, when that pays), rows in order."""
+                proto: Protocol, results: ResultFile, tasks: list[Task]) -> list[dict]:
+    """scikit-learn, numpy or cuML: one chain at a time (or `jobs` at once, when that pays), rows in order."""
     rows = []
-    fits = _results(proto, _fits(train, mean, std=std, proto=proto, tasks=tasks), len(tasks), test=test)
-    for i, (t, (acc, loglik, secs, n_iter)) in enumerate(zip(tasks, fits)):
-        rows.append(_row(train.encoder, t, acc, loglik=loglik, backend=proto.backend, seconds=secs,
-                         n_iter=n_iter))
-        results.append(rows[-1])
-        if i + 1 == len(tasks) or tasks[i + 1].seed != t.seed:
-            accs = [f"{r['test_acc']:.3f}" for r in rows if r["seed"] == t.seed]
-            log.info("seed %d: %d fits, accuracy %s", t.seed, len(accs), " ".join(accs))
+    chains = _chains(train, mean, std=std, proto=proto, tasks=tasks)
+    left = len({(t.seed, t.C) for t in tasks})
+    for chain_tasks, outcomes in _results(proto, chains, left, test=test):
+        for t, o in zip(chain_tasks, outcomes):
+            rows.append(_row(train.encoder, t, o.acc, loglik=o.loglik, backend=proto.backend,
+                             seconds=o.seconds,
+                             head=o.head))
+            results.append(rows[-1])
+        seed = chain_tasks[0].seed
+        accs = [f"{r['test_acc']:.3f}" for r in rows if r["seed"] == seed]
+        log.info("seed %d: %d fits, accuracy %s", seed, len(accs), " ".join(accs))
+        _flag(rows[-len(outcomes):], seed)
     return rows
 
 
@@ -211,8 +306,8 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: 
 
     device, dtype = proto.device, torch_dtype(proto.solver_dtype)
     x_test = torch.as_tensor(test.x, device=device, dtype=dtype)
-    rows = []
-    for n in dict.fromkeys(t.n for t in tasks):
+    rows, previous = [], {}  # (seed, C) -> the head of its last label count: a warm start
+    for n in sorted(dict.fromkeys(t.n for t in tasks)):
         same_n = [t for t in tasks if t.n == n]
         for chunk in _chunks(same_n, len(same_n[0].indices), train.shape[1], classes=len(classes),
                              device=device):
@@ -220,19 +315,24 @@ def _batched(train: EmbeddingSet, test: Standardized, mean: np.ndarray, *, std: 
             union = np.concatenate([t.indices for t in chunk])
             x = read_rows(train, union, mean, std=std).reshape(len(chunk), -1, train.shape[1])  # [P, n*K, D]
             y = np.searchsorted(classes, train.labels[union]).reshape(len(chunk), -1)
+            starts = [previous.get((t.seed, t.C)) for t in chunk]
+            init = starts if proto.warm and all(h is not None for h in starts) else None
             heads = backends.fit_batch(torch.as_tensor(x, device=device, dtype=dtype),
                                        torch.as_tensor(y, device=device), [t.C for t in chunk],
-                                       classes=classes, max_iter=proto.max_iter, tol=proto.tol)
+                                       classes=classes, max_iter=proto.max_iter, tol=proto.tol, init=init)
+            previous.update({(t.seed, t.C): h for t, h in zip(chunk, heads)})
             scores = [backends.score(head, x_test, test.y) for head in heads]
             each = (time.perf_counter() - start) / len(chunk)  # the batch's time, shared evenly
             for t, head, (acc, loglik) in zip(chunk, heads, scores):
                 rows.append(_row(train.encoder, t, acc, loglik=loglik, backend="torch", seconds=each,
-                                 n_iter=head.n_iter))
+                                 head=head))
                 results.append(rows[-1])
             accs = [r["test_acc"] for r in rows[-len(chunk):]]
             iters = [h.n_iter for h in heads]
             log.info("%d per class: %d fits in one batch, %.1f s, iterations %d-%d, accuracy %.3f-%.3f", n,
                      len(chunk), each * len(chunk), min(iters), max(iters), min(accs), max(accs))
+    for seed in dict.fromkeys(t.seed for t in tasks):
+        _flag(rows, seed)
     return rows
 
 

@@ -28,7 +28,7 @@ from embed.store import EmbeddingSet
 from msnpipe.remote import local_only, location
 from msnpipe.runtime import UserError, command, few, pick_device
 from probe.args import at_least, positive_float
-from probe.backends import CHOICES, fit, resolve, score
+from probe.backends import CHOICES, convergence, fit, resolve, score
 from probe.data import open_pair
 from probe.results import ResultFile, group_identity
 
@@ -92,7 +92,7 @@ def run_subset(train: EmbeddingSet, test: EmbeddingSet, subset: Path, *, lambd: 
     top1, _ = score(head, center_normalize(test_x), test.labels.astype(np.int64))
     return {"encoder": train.encoder, "subset": subset_name(subset), "images": len(idx), "lambd": lambd,
             "top1": top1, "backend": backend, "fit_seconds": round(time.perf_counter() - t, 3),
-            "n_iter": head.n_iter}
+            "n_iter": head.n_iter} | convergence(head)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

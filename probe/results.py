@@ -39,15 +39,19 @@ class Kind:
 
 KINDS = {
     "fewshot": Kind(("encoder", "seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C", "backend",
-                     "fit_seconds", "n_iter"), ("encoder", "seed", "n_per_class", "C"),
+                     "fit_seconds", "n_iter", "grad_norm", "converged"),
+                    ("encoder", "seed", "n_per_class", "C"),
                     ("seed", "n_per_class", "n_labels", "test_acc", "test_loglik", "C")),
     "knn": Kind(("encoder", "k", "temperature", "top1", "top5"), ("encoder", "k"), ("k", "top1", "top5")),
-    "msn": Kind(("encoder", "subset", "images", "lambd", "top1", "backend", "fit_seconds", "n_iter"),
+    "msn": Kind(("encoder", "subset", "images", "lambd", "top1", "backend", "fit_seconds", "n_iter",
+                 "grad_norm",
+                 "converged"),
                 ("encoder", "subset"), ("images", "lambd", "top1")),
     "multilabel": Kind(("encoder", "C", "mAP", "voc07_mAP", "classes", "train", "test", "backend",
                         "fit_seconds"), ("encoder", "C"), ("C", "mAP", "voc07_mAP")),
     "active": Kind(("encoder", "strategy", "seed", "round", "n_labels", "test_acc", "test_loglik",
-                    "select_seconds", "fit_seconds"), ("encoder", "strategy", "seed", "round"),
+                    "select_seconds", "fit_seconds", "grad_norm", "converged"),
+                   ("encoder", "strategy", "seed", "round"),
                    ("seed", "round", "n_labels", "test_acc", "test_loglik")),
 }
 

@@ -286,7 +286,7 @@ def test_a_fit_head_gives_scikit_learns_probabilities_over_the_pools_classes(cla
     at = np.flatnonzero(labels < classes)[::2]
     want = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x[at], labels[at]).predict_proba(x)
     for backend in ("sklearn", "numpy", "torch"):
-        head, _ = fit_head(pool, at, Plan(strategies=("entropy",), seeds=(0,), init=1, budgets=(4,),
+        head, _, _ = fit_head(pool, at, Plan(strategies=("entropy",), seeds=(0,), init=1, budgets=(4,),
                                            backend=backend, max_iter=10_000))
         got = torch.softmax(head.logits(torch.tensor(x)), dim=1).numpy()  # [40, 4]
         assert np.abs(got[:, classes:]).max() < 1e-12
