@@ -243,8 +243,9 @@ def _results(proto: Protocol, chains: Iterator[Chain], left: int, *,
                 pool = worker_pool(workers, _worker, (test,))
                 log.info("a chain of fits takes %.2f s: the %d left go to %d processes", spent / i, left - i,
                          workers)
-                rest = list(itertools.chain([(tasks, chain)], chains))
-                yield from zip((t for t, _ in rest), ordered_map(pool, _fit_chain, (c for _, c in rest)))
+                # lazily: each seed's rows are read when the pool takes its chain, not all at once
+                named, sent = itertools.tee(itertools.chain([(tasks, chain)], chains))
+                yield from zip((t for t, _ in named), ordered_map(pool, _fit_chain, (c for _, c in sent)))
                 return
             # the last chain here has every core; the seed's fits have its threads (BLAS's default:
             # scikit-learn's float32 products round differently on another number of threads)
