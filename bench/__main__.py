@@ -3,6 +3,7 @@
     python -m bench all --quick         # `make bench`: small inputs, a few minutes on a CPU
     python -m bench embed --device cuda # every encoder, full size, on the GPU
     python -m bench tolerance           # what the probes' default tol costs (bench.tolerance)
+    python -m bench scale               # the probe at ImageNet's size against the seed script
     python -m bench remote              # shards on S3 against local ones (MSNPIPE_BENCH_S3, else moto)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
     python -m bench gpu --scale 50000   # ... with N ImageNet-like JPEGs in the decode and embed sections
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-BENCHES = ("shard", "decode", "embed", "probe", "active", "e2e", "remote", "tolerance")
+BENCHES = ("shard", "decode", "embed", "probe", "active", "e2e", "remote", "tolerance", "scale")
 ALL = BENCHES[:7]  # what `all` runs
 log = logging.getLogger("bench")
 

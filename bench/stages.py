@@ -611,3 +611,13 @@ def bench_remote(ws: Workspace) -> list[Row]:
                 embed_local.summary(), f"python -m embed s3://... --encoder {encoder} (cache, read-ahead)",
                 "python -m embed DIR (local shards)",
                 settings | {"images": ws.num_images, "encoder": encoder, "local": str(local_shards)})]
+
+
+def bench_scale(ws: Workspace) -> list[Row]:
+    """The probe at ImageNet's size (1000 classes, 1,281,000 x 384 rows; --quick: 100 classes, 50,000
+    x 64) against the seed script, one seed each: time, memory, distance to the optimum."""
+    from bench.probe_scale import scale_rows
+
+    if ws.sizes.quick:
+        return scale_rows(ws.root, dim=64, classes=100, train=500, val=20)
+    return scale_rows(ws.root)

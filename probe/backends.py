@@ -307,6 +307,9 @@ def class_positions(classes: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.where(classes[position] == y, position, -1) if len(classes) else np.full(len(y), -1)
 
 
+SCORE_ROWS = 2048  # test rows scored at once (a block of logits in float64)
+
+
 def score_logits(z, positions) -> tuple[float, float]:
     """(accuracy, log-likelihood) of logits z [N, K] (numpy, or torch on any device) against
     class positions [N] of the same kind, as scikit-learn's accuracy and -log_loss compute them
@@ -314,10 +317,13 @@ def score_logits(z, positions) -> tuple[float, float]:
     is never right and scores eps."""
     eps = np.finfo(np.float64).eps
     if isinstance(z, np.ndarray):
-        from scipy.special import log_softmax
-
-        logp = log_softmax(z.astype(np.float64), axis=1)
-        picked = np.take_along_axis(logp, positions.clip(0)[:, None], 1)[:, 0]
+        picked = np.empty(len(z))  # [N]: log p of each row's class, in float64 blocks that stay in cache
+        for start in range(0, len(z), SCORE_ROWS):
+            zb = z[start : start + SCORE_ROWS].astype(np.float64)  # [B, K]
+            top = zb.max(1, keepdims=True)
+            np.subtract(zb, top, out=zb)
+            mine = np.take_along_axis(zb, positions[start : start + SCORE_ROWS].clip(0)[:, None], 1)[:, 0]
+            picked[start : start + len(zb)] = mine - np.log(np.exp(zb, out=zb).sum(1))
         picked = np.where(positions >= 0, picked, math.log(eps))
         loglik = np.clip(picked, math.log(eps), math.log1p(-eps)).mean()
         return float(np.mean(z.argmax(1) == positions)), float(loglik)

@@ -15,11 +15,12 @@ certificate holds; a seed's fits that stopped short of the optimum are named in 
 
 scikit-learn, numpy and cuML fit one problem at a time, the label counts of a seed and C (a
 chain: each warm-starts the next) in order. The CPU backends fit in this process with one
-BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x faster than with two), the last
-chain with all `jobs`; once the chains done here have taken POOL_AFTER_S, the rest go to up to
-`jobs` worker processes (one thread each) when that saves more than starting them costs
-(POOL_START_S), so small curves never pay for a pool. torch fits every seed and C of one label
-count as one batched problem (probe.torch_lr), warm-started from the previous count.
+BLAS thread (measured: a 1000-class scikit-learn fit ran 2.3x faster than with two), numpy's
+and the last chain with all `jobs` (a 1000-class numpy fit of 10,000 rows: 1.6x faster on two);
+once the chains done here have taken POOL_AFTER_S, the rest go to up to `jobs` worker
+processes (one thread each) when that saves more than starting them costs (POOL_START_S),
+so small curves never pay for a pool. torch fits every seed and C of one label count as one
+batched problem (probe.torch_lr), warm-started from the previous count.
 """
 
 from __future__ import annotations
@@ -247,9 +248,11 @@ def _results(proto: Protocol, chains: Iterator[Chain], left: int, *,
                 named, sent = itertools.tee(itertools.chain([(tasks, chain)], chains))
                 yield from zip((t for t, _ in named), ordered_map(pool, _fit_chain, (c for _, c in sent)))
                 return
-            # the last chain here has every core; the seed's fits have its threads (BLAS's default:
-            # scikit-learn's float32 products round differently on another number of threads)
-            threads = None if proto.protocol == "seed" else proto.jobs if left - i == 1 else 1
+            # numpy's fits and the last chain here have every core (scikit-learn's threads slow its
+            # own loops); the seed's fits have its threads (BLAS's default: scikit-learn's float32
+            # products round differently on another number of threads)
+            threads = (None if proto.protocol == "seed" else
+                       proto.jobs if left - i == 1 or proto.backend == "numpy" else 1)
             outcomes = _fit_chain(chain, test, threads)
             spent += sum(o.seconds for o in outcomes)
             yield tasks, outcomes

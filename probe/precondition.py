@@ -103,8 +103,28 @@ class Certificate:
     converged: bool
 
 
+def terms(grad_w, grad_b, *, a, cm, reach, frequency):
+    """(logit bound, frequency gap) of a gradient of the mean-scaled objective, numpy or torch,
+    batched over leading dims: grad_w [..., K, r] in a basis with column scales a [..., r] (None:
+    x's own coordinates), grad_b [..., K] (None: no intercept), cm [...] C times the rows, reach
+    [...] the rows' radius, frequency [..., K] each class's (at least 1 / rows). The bound is
+    ||grad_W||_F of the summed objective (in x's coordinates: the basis's W' = W V diag(a)) times
+    the radius; the gap is each class's mean probability's from its frequency, relative."""
+    g = grad_w if a is None else grad_w / a[..., None, :]
+    bound = cm * ((g * g).sum((-2, -1))) ** 0.5 * reach
+    if grad_b is None:
+        return bound, 0.0 * bound
+    ratio = abs(grad_b) / frequency
+    return bound, ratio.amax(-1) if hasattr(ratio, "amax") else ratio.max(-1)
+
+
+def holds(bound, gap):
+    """Whether the certificate holds (numpy or torch, elementwise)."""
+    return (bound <= LOGIT_BOUND) & (gap <= LOGIT_BOUND)
+
+
 def _softmax_residual(x, codes, coef, intercept):
-    """(softmax - onehot [m, K], mean probabilities [K]) in float64, numpy or torch alike."""
+    """softmax - onehot [m, K] in float64, numpy or torch alike."""
     z = x @ coef.T  # [m, K]
     if intercept is not None:
         z = z + intercept
@@ -112,16 +132,13 @@ def _softmax_residual(x, codes, coef, intercept):
         from scipy.special import softmax
 
         p = softmax(z, axis=1)
-    else:
-        p = z.softmax(-1)
-    p_mean = p.mean(0)
-    if isinstance(p, np.ndarray):
         p[np.arange(len(codes)), codes] -= 1
     else:
         import torch
 
+        p = z.softmax(-1)
         p[torch.arange(len(codes), device=p.device), codes] -= 1
-    return p, p_mean
+    return p
 
 
 def radius(x, *, center: bool) -> float:
@@ -141,13 +158,11 @@ def certify(x, codes: np.ndarray, coef, intercept, *, C: float) -> Certificate:
         x, coef = x.double(), coef.to(x.device).double()
         intercept = None if intercept is None else intercept.to(x.device).double()
         codes = torch.as_tensor(np.asarray(codes), device=x.device)
-        norm = torch.linalg.norm
     else:
         x, coef = np.asarray(x, np.float64), np.asarray(coef, np.float64)
         intercept = None if intercept is None else np.asarray(intercept, np.float64)
-        norm = np.linalg.norm
     m = len(x)
-    p, p_mean = _softmax_residual(x, codes, coef, intercept)  # [m, K], [K]
+    p = _softmax_residual(x, codes, coef, intercept)  # [m, K]
     # W's gradient with the rows centred (the intercept absorbs the mean): the gradient of
     # min_b F(W, b) once the intercept is at its optimum, which the bound is about
     grad_w = C * (p.T @ (x - x.mean(0) if intercept is not None else x)) + coef  # [K, D]
@@ -156,13 +171,15 @@ def certify(x, codes: np.ndarray, coef, intercept, *, C: float) -> Certificate:
         intercept is None or float(intercept[0]) == 0.0)
     if binary:  # scikit-learn's binary parametrization: the row of class 1 is the variable
         grad_w, grad_b = grad_w[1:], None if grad_b is None else grad_b[1:]
-    bound = float(norm(grad_w)) * radius(x, center=intercept is not None)
-    grad_norm = float(abs(grad_w).max()) / (C * m)
-    gap = 0.0
+    cm = C * m
+    counts = np.bincount(np.asarray(codes.cpu() if torch_rows else codes), minlength=coef.shape[0])
+    frequency = np.maximum(counts / m, 1 / m)[int(binary):]
+    if torch_rows:
+        frequency = torch.as_tensor(frequency, device=x.device)
+    bound, gap = terms(grad_w / cm, None if grad_b is None else grad_b / cm, a=None, cm=cm,
+                       reach=radius(x, center=intercept is not None), frequency=frequency)
+    bound, gap = float(bound), float(gap)
+    grad_norm = float(abs(grad_w).max()) / cm
     if grad_b is not None:
-        grad_norm = max(grad_norm, float(abs(grad_b).max()) / (C * m))
-        counts = np.bincount(np.asarray(codes.cpu() if torch_rows else codes), minlength=len(p_mean))
-        frequency = np.maximum(counts / m, 1 / m)
-        means = np.asarray(p_mean.cpu() if torch_rows else p_mean)
-        gap = float((np.abs(means - counts / m) / frequency).max())
-    return Certificate(grad_norm, bound, gap, bound <= LOGIT_BOUND and gap <= LOGIT_BOUND)
+        grad_norm = max(grad_norm, float(abs(grad_b).max()) / cm)
+    return Certificate(grad_norm, bound, gap, bool(holds(bound, gap)))

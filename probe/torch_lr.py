@@ -58,16 +58,13 @@ class _Problems:
         """[P] bool: whether each problem's gradient g [P, N] meets its stopping rule."""
         if self.tol is not None:
             return g.abs().amax(-1) <= self.tol
-        from probe.precondition import LOGIT_BOUND
+        from probe.precondition import holds, terms
 
-        p, d = g.shape[0], self.x.shape[2]
-        g = g.view(p, -1, d + int(self.intercept))
-        bound = self.scale["cn"] * torch.linalg.norm((g[..., :d] / self.scale["a"][:, None, :]).flatten(1),
-                                                     dim=-1) * self.scale["reach"]
-        ok = bound <= LOGIT_BOUND
-        if self.intercept:
-            ok &= (g[..., d].abs() / self.scale["frequency"]).amax(-1) <= LOGIT_BOUND
-        return ok
+        d = self.x.shape[2]
+        g = g.view(g.shape[0], -1, d + int(self.intercept))  # [P, K, D(+1)]
+        return holds(*terms(g[..., :d], g[..., d] if self.intercept else None, a=self.scale["a"],
+                            cm=self.scale["cn"], reach=self.scale["reach"],
+                            frequency=self.scale.get("frequency")))
 
     def _penalty(self) -> torch.Tensor:
         return self.reg[:, None, None] if self.reg.ndim == 1 else self.reg[:, None, :]  # [P, 1, 1 or D]

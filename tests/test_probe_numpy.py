@@ -84,3 +84,34 @@ def test_two_classes_certified_reach_scikit_learns_binary_optimum():
     ref = LogisticRegression(C=0.5, max_iter=10000, tol=1e-12).fit(x.astype(np.float64), y)
     assert head.converged and head.grad_norm < 1e-6
     np.testing.assert_allclose(predict_proba(head, xt), ref.predict_proba(xt), atol=1e-4)
+
+
+@pytest.mark.parametrize("intercept", [True, False])
+def test_the_refined_loss_is_the_float64_loss_at_float32_cost(intercept, monkeypatch):
+    """RefinedLoss against MultinomialLoss on float64 rows: exact at its anchor, within float32's
+    rounding of the change elsewhere (so ever closer as the change shrinks), and exact again for
+    a step too far from the anchor for exp."""
+    monkeypatch.setattr(numpy_lr, "BLOCK_ROWS", 16)
+    rng = np.random.default_rng(3)
+    n, dim, classes = 70, 9, 11
+    x, y = rng.normal(size=(n, dim)) * 2, rng.integers(0, classes, n)
+    l2 = rng.uniform(0.01, 0.1, dim)
+    exact = numpy_lr.MultinomialLoss(x, y, classes=classes, l2=l2, intercept=intercept)
+    refined = numpy_lr.RefinedLoss(x, y, classes=classes, l2=l2, intercept=intercept)
+    theta0 = rng.normal(size=classes * (dim + intercept)) * 0.3
+    f0, g0 = refined.anchor(theta0)
+    ref_f0, ref_g0 = exact(theta0)
+    np.testing.assert_allclose(f0, ref_f0, rtol=1e-13)
+    np.testing.assert_allclose(g0, ref_g0, rtol=1e-12, atol=1e-14)
+    errors = []
+    for size in (1e-1, 1e-3, 1e-5):
+        theta = theta0 + size * rng.normal(size=theta0.size)
+        (f, g), (ref_f, ref_g) = refined(theta), exact(theta)
+        assert refined.moved < numpy_lr.EXACT_LOGIT
+        errors.append(max(abs(f - ref_f), float(np.abs(g - ref_g).max())))
+        assert errors[-1] <= 1e-6 * size  # float32 rounding of the change, not of the logits
+    assert errors[-1] < errors[0] / 100
+    far = theta0 + 30.0 * rng.normal(size=theta0.size)
+    f, g = refined(far)
+    assert refined.moved > numpy_lr.EXACT_LOGIT
+    np.testing.assert_allclose(g, exact(far)[1], rtol=1e-12, atol=1e-14)
