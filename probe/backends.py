@@ -69,7 +69,7 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("sklearn", "scikit-learn", "probe.backends:_sklearn_fit", pooled=True),
+    Backend("sklearn", "scikit-learn", "probe.backends:sklearn_fit", pooled=True),
     Backend("numpy", "numpy", "probe.numpy_lr:fit", pooled=True),
     Backend("torch", "torch", "probe.torch_lr:fit"),
     Backend("cuml", "cuML", "probe.backends:_cuml_fit", needs_cuda=True, needs="cuml"),
@@ -163,7 +163,7 @@ class Head:
         return self
 
 
-def _full(coef, intercept):
+def two_row_head(coef, intercept):
     """scikit-learn's binary (coef [1, D], intercept [1]) as the two-row head [0, w]; others as they are."""
     if coef.shape[0] != 1:
         return coef, intercept
@@ -175,7 +175,7 @@ def _full(coef, intercept):
     return torch.cat([torch.zeros_like(coef), coef]), torch.cat([torch.zeros_like(intercept), intercept])
 
 
-def _sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype, init=None):
+def sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype, init=None):
     """scikit-learn's own solve: at `tol`, or (None) from `init` at a tolerance divided by 100
     until the certificate holds (its lbfgs has no other stopping rule to give it)."""
     import warnings
@@ -199,7 +199,7 @@ def _sklearn_fit(x, codes, *, C, max_iter, tol, fit_intercept, device, dtype, in
             model.max_iter = max(1, max_iter - spent)
             model.fit(x, codes)
             spent += int(model.n_iter_[0])
-            coef, intercept = _full(model.coef_, np.atleast_1d(model.intercept_))
+            coef, intercept = two_row_head(model.coef_, np.atleast_1d(model.intercept_))
             head = Head(coef, intercept, np.arange(coef.shape[0])).certified(
                 x, codes, C=C, fit_intercept=fit_intercept)
             if head.converged or spent >= max_iter or model.tol < 1e-15:
@@ -244,7 +244,7 @@ def fit(backend: str, x, y: np.ndarray, *, C: float, max_iter: int, fit_intercep
                       for a in (init.coef, init.intercept))
     coef, intercept, n_iter = solve(x, codes, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept,
                                     device=device, dtype=dtype, init=start)
-    head = Head(*_full(coef, intercept), classes, n_iter)
+    head = Head(*two_row_head(coef, intercept), classes, n_iter)
     return head.certified(x, codes, C=C, fit_intercept=fit_intercept)
 
 

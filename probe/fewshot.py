@@ -163,7 +163,7 @@ def _seed_fit_score(x: np.ndarray, y: np.ndarray, test: Standardized, *, C: floa
     model = LogisticRegression(C=C, max_iter=max_iter).fit(x, y)
     acc = model.score(test.x, test.y)
     loglik = -log_loss(test.y, model.predict_proba(test.x), labels=model.classes_)
-    head = backends.Head(*backends._full(model.coef_, np.atleast_1d(model.intercept_)), model.classes_,
+    head = backends.Head(*backends.two_row_head(model.coef_, np.atleast_1d(model.intercept_)), model.classes_,
                          int(model.n_iter_[0]))
     return float(acc), float(loglik), head
 

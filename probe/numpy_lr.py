@@ -173,14 +173,6 @@ class RefinedLoss:
         return float(loss), grad.ravel(order="F")
 
 
-def _binary(x, y, *, C, max_iter, tol, fit_intercept):
-    """scikit-learn's own binary fit (its parametrization is another objective)."""
-    from probe.backends import _sklearn_fit
-
-    return _sklearn_fit(x, y, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept, device="cpu",
-                        dtype=None)
-
-
 def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float | None,
         fit_intercept: bool = True, device: str = "cpu", dtype=None,
         init: tuple[np.ndarray, np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
@@ -193,7 +185,10 @@ def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float | N
     stopping rule max |gradient| <= tol, the rows' precision)."""
     classes = int(y.max()) + 1
     if classes < 3:
-        return _binary(x, y, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept)
+        from probe.backends import sklearn_fit  # its binary parametrization is another objective
+
+        return sklearn_fit(x, y, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept, device="cpu",
+                           dtype=None)
     if tol is not None:
         return _sklearn_steps(x, y, C=C, max_iter=max_iter, tol=tol, fit_intercept=fit_intercept)
     return _certified(x, y, C=C, max_iter=max_iter, fit_intercept=fit_intercept, init=init, classes=classes)
