@@ -347,7 +347,7 @@ def run(a: argparse.Namespace) -> list[dict]:
     plan = Plan(strategies=a.strategy_list, seeds=a.seeds, init=a.init, budgets=budgets, C=a.C,
                 max_iter=a.max_iter, backend=backend, samples=a.samples, targets=a.targets)
     ident = group_identity(train, test, train_key="pool_split", budgets=list(budgets), pool_max=a.pool_max,
-                           C=a.C, max_iter=a.max_iter, tol=None, backend=backend, samples=a.samples,
+                           C=a.C, max_iter=a.max_iter, solve="optimum", backend=backend, samples=a.samples,
                            targets=a.targets)
     rows = []
     with ResultFile.open(a.out, "active", ident, settings=vars(a)) as results:

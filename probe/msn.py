@@ -122,7 +122,7 @@ def run(a: argparse.Namespace) -> list[dict]:
                                backend=backend, device=device)
     if a.out is None:
         return [fit(s) for s in a.subset]
-    ident = group_identity(train, test, lambd=a.lambd, max_iter=a.max_iter, tol=None, backend=backend)
+    ident = group_identity(train, test, lambd=a.lambd, max_iter=a.max_iter, solve="optimum", backend=backend)
     rows = []
     with ResultFile.open(a.out, "msn", ident, settings=vars(a)) as results:
         for s in a.subset:

@@ -65,7 +65,7 @@ def run_multilabel(train: EmbeddingSet, test: EmbeddingSet, *, Cs: tuple[float, 
     mean, std = mean_std(train)
     tr, te = load_standardized(train, mean, std), load_standardized(test, mean, std)
     y, y_test = train.labels, test.labels
-    ident = group_identity(train, test, max_iter=max_iter, tol=None, backend=backend)
+    ident = group_identity(train, test, max_iter=max_iter, solve="optimum", backend=backend)
     rows = []
     with ResultFile.open(out, "multilabel", ident) as results:
         for C in (C for C in Cs if not results.has({"encoder": train.encoder, "C": C})):

@@ -80,6 +80,13 @@ class MultinomialLoss:
                 grad += (raw / total).T @ xb
             else:
                 grad += raw.T @ np.divide(xb, total, out=scaled)  # sum over rows of softmax x row / n
+        return self.finish(coef, grad, lse)
+
+    def finish(self, coef: np.ndarray, grad: np.ndarray, lse: float) -> tuple[float, np.ndarray]:
+        """(value, gradient) at coef from x^T softmax / n [K, D(+1)] (F-ordered, completed in place)
+        and the sum over rows of log sum_k exp(logits)."""
+        n, dof = self.x.shape
+        w = coef.reshape((self.classes, dof), order="F")  # [K, D(+1)] float64
         grad -= self.label_means  # the one-hot part of (softmax - onehot(y)) / n
         weights = w[:, : dof - self.intercept]  # the intercept is not penalized
         grad[:, : weights.shape[1]] += self.l2 * weights
@@ -134,7 +141,7 @@ class RefinedLoss:
             self.probs0[blk] = p
             xtp += p.T @ ex.x[blk]
         self.theta0, self.xtp0, self.moved = coef.copy(), xtp / n, 0.0
-        return self._finish(coef, self.xtp0, float(self.lse0.sum()))
+        return ex.finish(coef, np.array(self.xtp0, order="F"), float(self.lse0.sum()))
 
     def __call__(self, coef: np.ndarray) -> tuple[float, np.ndarray]:
         ex = self.exact
@@ -158,19 +165,7 @@ class RefinedLoss:
             e /= 1 + s  # P - P0 [B, K]
             change += e.T @ self.x32[blk]
         self.moved = moved
-        return self._finish(coef, self.xtp0 + change / n, lse)
-
-    def _finish(self, coef: np.ndarray, xtp: np.ndarray, lse: float) -> tuple[float, np.ndarray]:
-        """(value, gradient) from x^T P / n [K, D(+1)] and the sum of the rows' log-sum-exp."""
-        ex = self.exact
-        n, dof = ex.x.shape
-        w = coef.reshape((ex.classes, dof), order="F")
-        grad = np.asfortranarray(xtp - ex.label_means)
-        weights = w[:, : dof - ex.intercept]
-        grad[:, : weights.shape[1]] += ex.l2 * weights
-        picked = np.einsum("kd,kd->", w, ex.label_means)
-        loss = lse / n - picked + 0.5 * np.einsum("kd,kd,d->", weights, weights, ex.l2)
-        return float(loss), grad.ravel(order="F")
+        return ex.finish(coef, np.asfortranarray(self.xtp0 + change / n), lse)
 
 
 def fit(x: np.ndarray, y: np.ndarray, *, C: float, max_iter: int, tol: float | None,

@@ -28,7 +28,9 @@ the objective is 1-strongly convex in W, so ||W - W*||_F <= ||grad_W||_F (the in
 optimum for W), and every training logit is within ||grad_W||_F * max_i ||x_i - mean|| of the
 optimum's; the intercept's gradient is the gap between each class's mean predicted
 probability and its frequency. A fit converged when the logit bound is at most LOGIT_BOUND and
-each class's mean probability is within LOGIT_BOUND (relative) of its frequency.
+each class's mean probability is within LOGIT_BOUND (relative) of its frequency. Two certified
+fits may still differ by a constant added to every class's intercept: the softmax ignores it
+(the unpenalized intercept is free along it), so compare logits less their mean over classes.
 """
 
 from __future__ import annotations

@@ -67,3 +67,19 @@ def test_cli_appends_csv(store, tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     assert f"toy {tmp_path.name}/1imgs_class.txt (6 images): top-1" in capsys.readouterr().out
     assert (tmp_path / "msn.csv").read_text().startswith("encoder,subset,images,lambd,top1")
+
+
+def test_a_folder_from_before_converged_fits_is_not_extended(store, tmp_path, caplog):
+    """msn.json written when fits stopped at tol 1e-4 has no `solve` in its identity: its rows
+    are another solver's, so a run adding to them is refused, naming the difference."""
+    import json
+
+    subset, _ = _subset(store, tmp_path, per_class=1)
+    args = [str(store), "--encoder", "toy", "--subset", str(subset), "--backend", "sklearn",
+            "--out", str(tmp_path)]
+    assert main(args) == 0
+    record = json.loads((tmp_path / "msn.json").read_text())
+    assert record["identity"].pop("solve") == "optimum"
+    (tmp_path / "msn.json").write_text(json.dumps(record))
+    assert main(args) == 1
+    assert "solve: None != 'optimum'" in caplog.text
