@@ -49,6 +49,16 @@ class WorkerPool(ProcessPoolExecutor):
         super().__init__(workers, **kwargs)
         self.workers = workers
 
+    def _spawn_process(self) -> None:
+        # a worker inherits this thread's signal mask through fork and exec: SIGINT blocked, a
+        # Ctrl-C while it starts (importing, before _init ignores SIGINT) is the parent's alone,
+        # which gets it once unblocked here
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            super()._spawn_process()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
 
 def worker_pool(workers: int, initializer: Callable | None = None, initargs: tuple = (), *,
                 method: str = "spawn") -> WorkerPool:

@@ -179,3 +179,20 @@ def test_a_name_that_becomes_a_path_must_be_plain(name):
         plain_name(name, "--split")
     assert plain_name("train", "--split") == "train"
     assert plain_name("vit_s-16.v2", "--encoder") == "vit_s-16.v2"
+
+
+def _sigint_blocked() -> bool:
+    import signal
+
+    return signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_workers_start_with_ctrl_c_blocked_and_the_parent_keeps_it(method):
+    # a Ctrl-C that reached a spawned worker while it imported (before its initializer ignores
+    # SIGINT) printed a KeyboardInterrupt traceback beside the parent's one-line message
+    from msnpipe.pool import worker_pool
+
+    with worker_pool(1, method=method) as pool:
+        assert pool.submit(_sigint_blocked).result()
+        assert not _sigint_blocked()
