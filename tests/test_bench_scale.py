@@ -1,6 +1,8 @@
 """python -m bench scale at a toy size: both processes run, their peak memory is each one's own,
 and the distance it reports is the one between the two curves' files."""
 
+import pytest
+
 from bench.probe_scale import peak_run, scale_rows
 from probe.results import read_results
 
@@ -15,7 +17,8 @@ def test_the_scale_row_compares_the_two_curves_it_ran(tmp_path):
     seed = {int(n) // 12: float(acc) for n, acc, _ in (line.split(",") for line in lines)}
     assert sorted(ours) == sorted(seed) == [1, 2, 3]
     assert s["seed_max_abs_acc_diff"] == round(max(abs(ours[n] - seed[n]) for n in ours), 4)
-    assert row.ratio == row.reference["median_s"] / row.ours["median_s"]
+    # a ratio of rates (items / seconds): the time ratio up to the last bit of rounding
+    assert row.ratio == pytest.approx(row.reference["median_s"] / row.ours["median_s"], rel=1e-12)
 
 
 def test_peak_memory_is_the_childs_own():
