@@ -4,6 +4,7 @@
     python -m bench embed --device cuda # every encoder, full size, on the GPU
     python -m bench tolerance           # what the probes' default tol costs (bench.tolerance)
     python -m bench scale               # the probe at ImageNet's size against the seed script
+    python -m bench scale --backends numpy,torch,sklearn --dim 1024   # ... each backend, D=1024
     python -m bench remote              # shards on S3 against local ones (MSNPIPE_BENCH_S3, else moto)
     python -m bench gpu                 # the GPU figures (bench/gpu.py); --quick: fewer, smaller
     python -m bench gpu --scale 50000   # ... with N ImageNet-like JPEGs in the decode and embed sections
@@ -60,6 +61,26 @@ def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
     _record(gpu.skipped_rows("no CUDA device on this machine"), mach, a.results)
 
 
+def _scale_options(backends: str | None, dim: int | None) -> dict:
+    """bench_scale's keyword arguments from --backends and --dim; UserError naming a bad value."""
+    from msnpipe.runtime import UserError
+    from probe.backends import CHOICES
+
+    out: dict = {}
+    if backends is not None:
+        names = tuple(b.strip() for b in backends.split(",") if b.strip())
+        bad = [b for b in names if b not in CHOICES or b == "auto"]
+        if bad or not names or len(set(names)) < len(names):
+            raise UserError(f"--backends {backends!r}: give distinct names from "
+                            f"{', '.join(c for c in CHOICES if c != 'auto')}, comma-separated")
+        out["backends"] = names
+    if dim is not None:
+        if dim < 1:
+            raise UserError(f"--dim {dim}: give a positive embedding width")
+        out["dim"] = dim
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen benchmarks, record them, rewrite the report."""
     from msnpipe.runtime import setup_logging
@@ -79,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--quick 3,000)")
     p.add_argument("--sections", default="", help="gpu: only these sections (gpu-model,gpu-embed,...)")
     p.add_argument("--encoders", default="", help="gpu: only these encoders in gpu-model")
+    p.add_argument("--backends", default=None,
+                   help="scale: probe backends to run, the first one's curve the optimum (default numpy)")
+    p.add_argument("--dim", type=int, default=None, help="scale: embedding width (default 384)")
     a = p.parse_args(argv)
 
     from bench import stages
@@ -88,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     from msnpipe.runtime import UserError, pick_device
 
     a.results = a.results or RESULTS
+    scale = {}
     try:
+        if (a.backends is not None or a.dim is not None) and a.which != "scale":
+            raise UserError(f"--backends and --dim are options of `python -m bench scale`, not of {a.which}")
+        scale = _scale_options(a.backends, a.dim)
         device = pick_device(a.device)
         a.work = a.work and writable_dir(a.work, "--work")
     except UserError as e:
@@ -101,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             ws = stages.Workspace(Path(tmp), stages.Sizes.pick(a.quick, device), device)
             for name in ALL if a.which == "all" else (a.which,):
                 log.info("%s on %s ...", name, device)
-                _record(getattr(stages, f"bench_{name}")(ws), mach, a.results)
+                options = scale if name == "scale" else {}
+                _record(getattr(stages, f"bench_{name}")(ws, **options), mach, a.results)
     log.info("report: %s", write_report(a.results))
     return 0
 

@@ -1,13 +1,14 @@
 """The few-shot probe at ImageNet's size against the seed script: `python -m bench scale`.
 
     python -m bench scale            # 1000 classes, 1,281,000 x 384 train rows, 50,000 val rows
-    rows = scale_rows(root, dim=384, classes=1000, train=1281, val=50)
+    python -m bench scale --backends numpy,torch,sklearn --dim 1024
+    rows = scale_rows(root, dim=384, classes=1000, train=1281, val=50, backends=("numpy", "torch"))
 
 One seed (seed 0, 1-10 labels a class, C=1) of the seed's evaluate_embeddings.py
-(bench.reference_probe, a process) and of `python -m probe` (the default protocol and backend,
-a process), on the same rows drawn by bench.synthetic.realistic_embeddings (seed 0): wall
-time, peak resident memory, and how far the seed's answers lie from ours, whose fits are
-certified at the optimum (probe.precondition).
+(bench.reference_probe, a process) and of `python -m probe --backend B` for each backend
+(a process each), on the same rows drawn by bench.synthetic.realistic_embeddings (seed 0):
+wall time, peak resident memory, and how far each backend's answers and the seed's lie from
+the first backend's, whose fits are certified at the optimum (probe.precondition).
 """
 
 from __future__ import annotations
@@ -51,35 +52,46 @@ def _seed_answers(folder: Path, encoder: str, classes: int) -> dict:
 
 
 def scale_rows(root: Path, *, dim: int = 384, classes: int = 1000, train: int = 1281, val: int = 50,
-               per_class: int = 10) -> list[Row]:
-    """The seed script and `python -m probe` on one seed of a store of classes x train rows."""
+               per_class: int = 10, backends: tuple[str, ...] = ("numpy",), device: str = "cpu") -> list[Row]:
+    """The seed script and `python -m probe` (once per backend) on one seed of a store of
+    classes x train rows: a row per backend, each against the one seed-script run. The first
+    backend's certified curve is the optimum the others and the seed are measured from."""
     from bench.synthetic import realistic_embeddings
+    from probe.results import read_results
 
     encoder = f"scale{dim}"
     store = npy_store(root, encoder, realistic_embeddings(classes, dim, {"train": train, "val": val}, seed=0))
-    folder, out = root / f"{encoder}_npy", root / f"probe_{encoder}"
+    folder = root / f"{encoder}_npy"
     ref_s, ref_gb = peak_run("bench.reference_probe", [str(folder), "--encoder", encoder, "--seed", "0",
                                                        "--n-per-class", str(per_class)])
-    ours_s, ours_gb = peak_run("probe", [str(store), "--encoder", encoder, "--out", str(out), "--seeds", "0",
-                                         "--per-class", f"1-{per_class}"])
-    ours = {(int(s), int(n)): v for (s, n), v in curve_answers(out).items()}
     seed = _seed_answers(folder, encoder, classes)
-    from probe.results import read_results
-
-    fits = read_results(out / "fewshot.csv")
-    keys = sorted(ours)
-    settings = {
-        "classes": classes, "dim": dim, "train": classes * train, "test": classes * val, "seeds": 1,
-        "n_per_class": f"1-{per_class}", "data": "realistic_embeddings seed 0",
-        "peak_rss_gb": round(ours_gb, 2), "reference_peak_rss_gb": round(ref_gb, 2),
-        "converged_fits": sum(int(r["converged"]) for r in fits), "fits": len(fits),
-        # the seed's distance from the certified optimum (ours), over the curve
-        "seed_max_abs_acc_diff": round(max(abs(seed[k][0] - ours[k][0]) for k in keys), 4),
-        "seed_max_abs_loglik_diff": round(max(abs(seed[k][1] - ours[k][1]) for k in keys), 4),
-        "acc_by_n": {k[1]: [round(ours[k][0], 4), seed[k][0]] for k in keys},  # [ours, the seed's]
-        "median_iterations": sorted(v[2] for v in ours.values())[len(ours) // 2]}
-    return [Row("probe-scale", f"{classes} classes, D={dim}, {classes * train:,} train rows, one seed", "cpu",
-                Timing([ours_s], len(keys), "fits/s").summary(),
-                Timing([ref_s], len(keys), "fits/s").summary(),
-                "python -m probe (converged, numpy; a process)", "evaluate_embeddings.py (a process)",
-                settings)]
+    rows, optimum = [], None
+    for backend in backends:
+        out = root / f"probe_{encoder}_{backend}"
+        ours_s, ours_gb = peak_run("probe", [str(store), "--encoder", encoder, "--out", str(out),
+                                             "--seeds", "0", "--per-class", f"1-{per_class}",
+                                             "--backend", backend, "--device", device])
+        ours = {(int(s), int(n)): v for (s, n), v in curve_answers(out).items()}
+        optimum = optimum or ours
+        fits, keys = read_results(out / "fewshot.csv"), sorted(ours)
+        settings = {
+            "backend": backend, "classes": classes, "dim": dim, "train": classes * train,
+            "test": classes * val, "seeds": 1, "n_per_class": f"1-{per_class}",
+            "data": "realistic_embeddings seed 0",
+            "peak_rss_gb": round(ours_gb, 2), "reference_peak_rss_gb": round(ref_gb, 2),
+            "converged_fits": sum(int(r["converged"]) for r in fits), "fits": len(fits),
+            # this backend's and the seed's distances from the optimum (the first backend's curve)
+            "optimum": backends[0],
+            "max_abs_acc_diff": round(max(abs(ours[k][0] - optimum[k][0]) for k in keys), 4),
+            "max_abs_loglik_diff": round(max(abs(ours[k][1] - optimum[k][1]) for k in keys), 4),
+            "seed_max_abs_acc_diff": round(max(abs(seed[k][0] - optimum[k][0]) for k in keys), 4),
+            "seed_max_abs_loglik_diff": round(max(abs(seed[k][1] - optimum[k][1]) for k in keys), 4),
+            "acc_by_n": {k[1]: [round(ours[k][0], 4), seed[k][0]] for k in keys},  # [ours, the seed's]
+            "median_iterations": sorted(v[2] for v in ours.values())[len(ours) // 2]}
+        case = f"{classes} classes, D={dim}, {classes * train:,} train rows, one seed"
+        rows.append(Row("probe-scale", case, device if backend == "torch" else "cpu",
+                        Timing([ours_s], len(keys), "fits/s").summary(),
+                        Timing([ref_s], len(keys), "fits/s").summary(),
+                        f"python -m probe --backend {backend} (converged; a process)",
+                        "evaluate_embeddings.py (a process)", settings))
+    return rows

@@ -613,11 +613,13 @@ def bench_remote(ws: Workspace) -> list[Row]:
                 settings | {"images": ws.num_images, "encoder": encoder, "local": str(local_shards)})]
 
 
-def bench_scale(ws: Workspace) -> list[Row]:
-    """The probe at ImageNet's size (1000 classes, 1,281,000 x 384 rows; --quick: 100 classes, 50,000
-    x 64) against the seed script, one seed each: time, memory, distance to the optimum."""
+def bench_scale(ws: Workspace, backends: tuple[str, ...] = ("numpy",), dim: int = 384) -> list[Row]:
+    """The probe at ImageNet's size (1000 classes, 1,281,000 x `dim` rows; --quick: 100 classes,
+    50,000 x 64) against the seed script, one seed, each backend: time, memory, distance to the
+    optimum (the first backend's certified curve)."""
     from bench.probe_scale import scale_rows
 
+    where = {"backends": backends, "device": ws.device.type}
     if ws.sizes.quick:
-        return scale_rows(ws.root, dim=64, classes=100, train=500, val=20)
-    return scale_rows(ws.root)
+        return scale_rows(ws.root, dim=64, classes=100, train=500, val=20, **where)
+    return scale_rows(ws.root, dim=dim, **where)
