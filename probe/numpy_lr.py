@@ -99,6 +99,8 @@ REFINED_ENTRIES = 10**8  # rows x classes up to which RefinedLoss keeps its anch
 # float32 probabilities (400 MB); larger fits take float32 steps, then float64 ones
 REANCHOR_LOGIT = 4.0  # a step that moves some logit this far from the anchor's re-anchors
 EXACT_LOGIT = 20.0  # a trial this far from the anchor is evaluated exactly (exp(step) in range)
+VANISHED = 1e-2  # ... and one where a row's total probability 1 + s fell below this (its float32
+# rounding would be 1e-5 of it and more: at 0, log1p(s) is -inf)
 
 
 class RefinedLoss:
@@ -159,6 +161,9 @@ class RefinedLoss:
             np.expm1(e, out=e)
             p0 = self.probs0[blk]
             s = np.einsum("bk,bk->b", p0, e)[:, None]  # [B, 1]
+            if float(s.min()) < VANISHED - 1:  # a row's likely classes all fell: 1 + s is rounding
+                self.moved = moved
+                return ex(coef)
             lse += float(self.lse0[blk].sum() + np.log1p(s, dtype=np.float64).sum())
             e -= s
             e *= p0
@@ -250,6 +255,11 @@ def _certified(x, y, *, C, max_iter, fit_intercept, init, classes):
 
 MEMORY = 10  # L-BFGS history pairs
 ARMIJO = 1e-4
+# Where f's change is lost in its rounding (below FTOL |f|, scikit-learn's ftol), a step is judged
+# by its slope instead: for a quadratic, f(t) - f(0) = t (f'(0) + f'(t)) / 2, so Armijo with
+# APPROX is f'(t) <= (2 APPROX - 1) f'(0) (Hager and Zhang's approximate Wolfe condition)
+FTOL = 64 * np.finfo(np.float64).eps
+APPROX = 0.1
 
 
 def _direction(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
@@ -269,10 +279,11 @@ def _direction(g: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray, float]])
 
 def _minimise(loss: MultinomialLoss | RefinedLoss, theta: np.ndarray, max_iter: int, *,
               certified: Callable[[np.ndarray], bool], backtracks: int = 30) -> tuple[np.ndarray, int, bool]:
-    """L-BFGS (backtracking Armijo steps; on a preconditioned problem the first, 1, is nearly
-    always taken) from theta until `certified(gradient)`, max_iter, or no step decreases the
-    objective; (theta, iterations, certified). A RefinedLoss is re-anchored (exact) when its steps
-    have moved a logit REANCHOR_LOGIT, when no step decreases it, and before certifying."""
+    """L-BFGS (backtracking Armijo steps, or approximate ones where f's change is rounding; on a
+    preconditioned problem the first, 1, is nearly always taken) from theta until
+    `certified(gradient)`, max_iter, or no step decreases the objective; (theta, iterations,
+    certified). A RefinedLoss is re-anchored (exact) when its steps have moved a logit
+    REANCHOR_LOGIT, when no step decreases it, and before certifying."""
     exact = getattr(loss, "anchor", loss)
     f, g = exact(theta)
     fresh = True  # f, g exact (not refined)
@@ -294,7 +305,8 @@ def _minimise(loss: MultinomialLoss | RefinedLoss, theta: np.ndarray, max_iter: 
         for _ in range(backtracks if fresh else min(backtracks, 4)):
             trial = theta + step * d
             f_new, g_new = loss(trial)
-            if f_new <= f + ARMIJO * step * slope:
+            if f_new <= f + ARMIJO * step * slope or (
+                    f_new <= f + FTOL * max(abs(f), 1.0) and float(g_new @ d) <= (2 * APPROX - 1) * slope):
                 break
             step /= 2
         else:

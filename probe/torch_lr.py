@@ -12,7 +12,9 @@ with scikit-learn's binary parametrization when K == 2 (one weight vector; a 2-c
 would be penalized differently). The problems are independent, so their sum is minimised by
 a batched L-BFGS: every problem keeps its own history (10 pairs), step and line search
 (backtracking, Armijo), and stops on scikit-learn's criteria: max |gradient| <= tol, or a
-relative decrease of f below 64 machine epsilons. Problems that stop leave the batch, so the
+relative decrease of f below 64 machine epsilons; or, solving to the optimum (tol None), when
+probe.precondition's certificate holds (the last steps of a weakly penalized fit decrease f by
+less than that long before), or no step decreases f. Problems that stop leave the batch, so the
 last ones do not pay for the rest. One batch needs the n rows of every problem on the device.
 """
 
@@ -168,8 +170,10 @@ def _lbfgs(problems: _Problems, theta: torch.Tensor, max_iter: int
         decrease = (f - new_f) <= FTOL * largest
         theta, f, g, its = new_theta, new_f, new_g, its + accepted.long()
         met = problems.met(g)
-        ok = accepted | met
-        done = ~accepted | met | (accepted & decrease)
+        if problems.tol is None:  # certified: only the certificate, or no step that decreases f
+            ok, done = met, ~accepted | met
+        else:  # scikit-learn's criteria: |gradient| <= tol, or a relative decrease below FTOL
+            ok, done = accepted | met, ~accepted | met | (accepted & decrease)
     return out, n_iter, converged
 
 

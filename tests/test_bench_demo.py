@@ -1,6 +1,9 @@
 """bench.demo at a reduced size: every stage runs through its CLI and leaves its outputs."""
 
+import contextlib
 import csv
+import os
+import sys
 
 import pytest
 
@@ -9,10 +12,26 @@ from embed.store import open_embeddings
 from shard.reader import open_split
 
 
+@pytest.fixture(scope="module")
+def local_demo(tmp_path_factory) -> tuple[dict, object, str]:
+    """One local demo run, shared by the tests here: (where, its folder, what it printed)."""
+    root = tmp_path_factory.mktemp("demo")
+    saved = os.dup(1)
+    sys.stdout.flush()
+    # the steps are subprocesses writing to fd 1; the demo's own lines go through sys.stdout
+    with open(root / "stdout.txt", "a", buffering=1) as log, contextlib.redirect_stdout(log):
+        os.dup2(log.fileno(), 1)
+        try:
+            where = run_demo(root, classes=3, train=4, val=2, seeds=2, per_class=2)
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+    return where, root, (root / "stdout.txt").read_text()
+
+
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path, capfd):
-    where = run_demo(tmp_path, classes=3, train=4, val=2, seeds=2, per_class=2)
-    out = capfd.readouterr().out  # the steps are subprocesses writing to fd 1
+def test_demo_end_to_end(local_demo):
+    where, tmp_path, out = local_demo
     assert "RANDOM weights saved in the official MSN layout" in out and "make weights" in out
     train = open_split(tmp_path / "shards", "train")
     assert train.num_samples == 12 and len(train.skipped) == 2  # the two broken files
@@ -31,16 +50,16 @@ def test_demo_end_to_end(tmp_path, capfd):
 
 
 @pytest.mark.slow
-def test_the_demo_with_its_data_in_a_bucket_equals_the_local_run(tmp_path, s3, capfd):
+def test_the_demo_with_its_data_in_a_bucket_equals_the_local_run(tmp_path, s3, local_demo):
     """`--data s3://...`: the shards byte for byte, the rows and the curves of the local run."""
     import numpy as np
 
     from probe.results import read_results
     from tests.conftest import tree_bytes
 
-    local = run_demo(tmp_path / "local", classes=3, train=4, val=2, seeds=1, per_class=2)
-    remote = run_demo(tmp_path / "remote", classes=3, train=4, val=2, seeds=1, per_class=2, data=f"{s3}/demo")
-    assert tree_bytes(f"{s3}/demo/shards") == tree_bytes(tmp_path / "local" / "shards")
+    local, local_root, _ = local_demo
+    remote = run_demo(tmp_path / "remote", classes=3, train=4, val=2, seeds=2, per_class=2, data=f"{s3}/demo")
+    assert tree_bytes(f"{s3}/demo/shards") == tree_bytes(local_root / "shards")
     for split in ("train", "val"):
         a, b = (open_embeddings(w["store"], "vits16_800ep", split) for w in (local, remote))
         assert np.array_equal(np.asarray(a.embeddings[:]), np.asarray(b.embeddings[:]))

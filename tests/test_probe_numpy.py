@@ -115,3 +115,40 @@ def test_the_refined_loss_is_the_float64_loss_at_float32_cost(intercept, monkeyp
     f, g = refined(far)
     assert refined.moved > numpy_lr.EXACT_LOGIT
     np.testing.assert_allclose(g, exact(far)[1], rtol=1e-12, atol=1e-14)
+
+
+def test_refined_loss_is_exact_where_a_rows_likely_classes_all_fall():
+    """A trial (within EXACT_LOGIT) that drops the anchor's likely class by 19 logits leaves each
+    row a total probability 1 + s of about 1e-7, below float32's rounding of s: evaluated
+    exactly, not as log1p(-1) = -inf."""
+    rng = np.random.default_rng(0)
+    n, dim, classes = 40, 5, 4
+    x, y = rng.normal(size=(n, dim)) * 0.01, rng.integers(0, classes, n)
+    l2 = np.full(dim, 0.1)
+    exact = numpy_lr.MultinomialLoss(x, y, classes=classes, l2=l2, intercept=True)
+    refined = numpy_lr.RefinedLoss(x, y, classes=classes, l2=l2, intercept=True)
+    theta0 = np.zeros((classes, dim + 1))
+    theta0[0, dim] = 17.0  # class 0 holds all but 3 e-8 of every row's probability
+    theta0 = theta0.ravel(order="F")
+    refined.anchor(theta0)
+    trial = theta0.reshape((classes, dim + 1), order="F").copy()
+    trial[0, dim] -= 19.0
+    trial = trial.ravel(order="F")
+    with np.errstate(all="raise"):
+        f, g = refined(trial)
+    assert refined.moved < numpy_lr.EXACT_LOGIT
+    ref_f, ref_g = exact(trial)
+    np.testing.assert_allclose(f, ref_f, rtol=1e-12)
+    np.testing.assert_allclose(g, ref_g, rtol=1e-10, atol=1e-14)
+
+
+def test_a_weakly_penalized_fit_is_certified_though_f_stops_changing():
+    """At C=100 the last steps change f by less than its rounding: judged by their slope there
+    (approximate Armijo), the solve goes on to its certificate instead of stopping short (it
+    stopped after 686 iterations before)."""
+    from bench.synthetic import realistic_embeddings
+    from probe.backends import fit
+
+    x, y = realistic_embeddings(100, 64, {"train": 20}, seed=0)["train"]
+    head = fit("numpy", x, y, C=100.0, max_iter=1000)
+    assert head.converged and head.n_iter < 1000

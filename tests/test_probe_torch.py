@@ -118,3 +118,18 @@ def test_binary_and_no_intercept_match_scikit_learn():
         probs = predict_proba(head, torch.tensor(xt))
         ref = LogisticRegression(C=0.3, max_iter=2000, fit_intercept=intercept, tol=1e-9).fit(x, y)
         np.testing.assert_allclose(probs, ref.predict_proba(xt), atol=1e-5)
+
+
+def test_a_weakly_penalized_fit_goes_on_until_its_certificate_holds():
+    """At a large C the last steps decrease f by less than scikit-learn's relative ftol (64
+    machine epsilons) long before the certificate holds: that rule must not end a certified
+    solve, and `converged` says what the independent certificate says."""
+    from probe.precondition import certify
+
+    C = 100.0  # before the fix: stopped after 675 iterations, its certificate short
+    x, y = realistic_embeddings(50, 32, {"train": 10}, seed=0)["train"]
+    fit = fit_many(torch.from_numpy(x).double()[None], torch.from_numpy(y)[None],
+                   torch.tensor([C], dtype=torch.float64), num_classes=50, tol=None)
+    cert = certify(x, y, fit.weights[0].numpy(), fit.bias[0].numpy(), C=C)
+    assert cert.converged, cert
+    assert bool(fit.converged[0]) and fit.n_iter[0] < 1000
