@@ -64,15 +64,14 @@ def run_gpu(a: argparse.Namespace, mach: dict, tmp: Path) -> None:
 def _scale_options(backends: str | None, dim: int | None) -> dict:
     """bench_scale's keyword arguments from --backends and --dim; UserError naming a bad value."""
     from msnpipe.runtime import UserError
-    from probe.backends import CHOICES
+    from probe.backends import BACKENDS
 
     out: dict = {}
     if backends is not None:
         names = tuple(b.strip() for b in backends.split(",") if b.strip())
-        bad = [b for b in names if b not in CHOICES or b == "auto"]
-        if bad or not names or len(set(names)) < len(names):
+        if not names or set(names) - set(BACKENDS) or len(set(names)) < len(names):
             raise UserError(f"--backends {backends!r}: give distinct names from "
-                            f"{', '.join(c for c in CHOICES if c != 'auto')}, comma-separated")
+                            f"{', '.join(BACKENDS)}, comma-separated")
         out["backends"] = names
     if dim is not None:
         if dim < 1:
